@@ -1,0 +1,1 @@
+"""Teams of language models trained with the shared trust-region core."""
