@@ -31,11 +31,26 @@ class Problem:
 @dataclass(frozen=True)
 class Grade:
     """Outcome of grading one output: ``score`` in [0, 1]; ``parsed`` False when no answer could be
-    extracted (counted separately from wrong answers); ``extracted`` the answer that was read."""
+    extracted (counted separately from wrong answers); ``extracted`` the answer that was read.
+
+    ``info`` holds optional per-grader numbers and flags (e.g. ``cell_accuracy`` for ZebraLogic,
+    ``error="timeout"`` when a verifier ran out of time). It defaults to empty, so
+    ``Grade(score, parsed, extracted)`` stays valid.
+    """
 
     score: float
     parsed: bool
     extracted: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"Grade.score must be in [0, 1], got {self.score}")
+
+    @property
+    def correct(self) -> bool:
+        """Fully correct (``score == 1``); what pass@K and maj@K count."""
+        return self.score >= 1.0
 
 
 class Grader(Protocol):
