@@ -3,8 +3,30 @@
 Nothing in this package knows about tables or transformers: it sees agents through
 :class:`trust_region.protocols.AgentPolicy` and samplers through
 :class:`trust_region.protocols.Sampler`, and data through :class:`trust_region.batch.MessageBatch`.
+
+Entry points: :func:`trust_region.stage.run_stage` (one stage, any mode) and
+:func:`trust_region.update.update_agent` (one agent inside its trust region).
 """
 
+from trust_region.advantage import AdvantageConfig, Advantages, compute_advantages
 from trust_region.batch import MessageBatch
+from trust_region.certificate import CertificateConfig, CertificateTerms
+from trust_region.stage import MODES, ORDERS, StageConfig, StageReport, run_stage
+from trust_region.update import UpdateConfig, UpdateReport, update_agent
 
-__all__ = ["MessageBatch"]
+__all__ = [
+    "MessageBatch",
+    "AdvantageConfig",
+    "Advantages",
+    "compute_advantages",
+    "CertificateConfig",
+    "CertificateTerms",
+    "MODES",
+    "ORDERS",
+    "StageConfig",
+    "StageReport",
+    "run_stage",
+    "UpdateConfig",
+    "UpdateReport",
+    "update_agent",
+]

@@ -1,0 +1,36 @@
+"""Benchmark loaders (AIME 2024/2025, MATH-500, ZebraLogic, AutoLogi) and prompt templates."""
+
+from llm.data.benchmarks import (
+    BENCHMARKS,
+    BenchmarkSpec,
+    DataError,
+    benchmark_spec,
+    load_aime,
+    load_autologi,
+    load_benchmark,
+    load_math500,
+    load_problems,
+    load_zebralogic,
+    read_records,
+    resolve_benchmark_file,
+    shared_benchmark_dir,
+)
+from llm.data.prompts import TEMPLATES, apply_template
+
+__all__ = [
+    "BENCHMARKS",
+    "BenchmarkSpec",
+    "DataError",
+    "TEMPLATES",
+    "apply_template",
+    "benchmark_spec",
+    "load_aime",
+    "load_autologi",
+    "load_benchmark",
+    "load_math500",
+    "load_problems",
+    "load_zebralogic",
+    "read_records",
+    "resolve_benchmark_file",
+    "shared_benchmark_dir",
+]

@@ -1,0 +1,177 @@
+"""LLMAgent: one language model of the team, as the shared core sees it (AgentPolicy).
+
+The policy of an agent is its model's next-token distribution at the sampling temperature,
+``pi(x_u | s, x_<u) = softmax(logits / T)[x_u]``: the distribution the rollouts are drawn from
+(top-p = 1, the papers' setting; with top-p < 1 the sampled log-probs are those of the truncated
+distribution and the recomputed ones are not, which shows up in the measured gap).
+
+:meth:`LLMAgent.log_probs` teacher-forces ``context ++ message`` for the rows of the batch that
+this agent emitted and returns the per-token log-probs of the message tokens (M, T). Rows of other
+agents (whose token ids belong to other tokenizers) are returned as zeros and get no gradient.
+Gradients reach only this agent's trainable parameters (the full model, or its LoRA adapters).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor
+
+from trust_region.batch import MessageBatch
+
+
+class LLMAgent(torch.nn.Module):
+    """An agent of an :class:`llm.team.LLMTeam`.
+
+    - ``model``: a causal LM (transformers ``PreTrainedModel``, possibly a peft model).
+    - ``tokenizer``: its own tokenizer (must carry a chat template; checked by the team builder).
+    - ``temperature``: the temperature that defines the policy (the sampling temperature).
+    - ``micro_batch_size``: rows per forward pass in :meth:`log_probs`.
+    - ``gradient_checkpointing``: trade compute for activation memory in training forwards.
+    """
+
+    def __init__(
+        self,
+        agent_id: int,
+        name: str,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        system_prompt: str | None = None,
+        temperature: float = 1.0,
+        micro_batch_size: int = 8,
+        gradient_checkpointing: bool = False,
+        max_new_tokens: int = 256,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"LLMAgent.temperature must be > 0, got {temperature}")
+        if micro_batch_size < 1:
+            raise ValueError(f"LLMAgent.micro_batch_size must be >= 1, got {micro_batch_size}")
+        self.agent_id = agent_id
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        self.temperature = float(temperature)
+        self.micro_batch_size = micro_batch_size
+        self.max_new_tokens = max_new_tokens
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.gradient_checkpointing = gradient_checkpointing
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(self.model, "enable_input_require_grads"):
+                self.model.enable_input_require_grads()
+        self.model.eval()
+
+    # ------------------------------------------------------------------ tokenizer facts
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Token ids that end a message: the tokenizer's EOS and the model's generation EOS."""
+        ids = {int(self.tokenizer.eos_token_id)}
+        gen = getattr(self.model, "generation_config", None)
+        extra = getattr(gen, "eos_token_id", None) if gen is not None else None
+        if isinstance(extra, int):
+            ids.add(extra)
+        elif isinstance(extra, (list, tuple)):
+            ids.update(int(e) for e in extra)
+        return sorted(ids)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ AgentPolicy
+    def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def named_trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def snapshot(self) -> dict[str, Tensor]:
+        """A copy of the trainable parameters only (LoRA: the adapters)."""
+        return {n: p.detach().clone() for n, p in self.named_trainable_parameters()}
+
+    def restore(self, snapshot: dict[str, Tensor]) -> None:
+        params = dict(self.named_trainable_parameters())
+        if set(params) != set(snapshot):
+            raise ValueError(f"LLMAgent.restore: snapshot does not match agent {self.name}'s trainable parameters")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(snapshot[n])
+
+    def version(self) -> tuple[int, ...]:
+        """Changes whenever a trainable parameter is modified in place (optimizer step, restore)."""
+        return tuple(p._version for p in self.trainable_parameters())
+
+    def log_probs(self, batch: MessageBatch) -> Tensor:
+        """Log-probs (M, T) of ``batch.tokens`` given ``batch.context`` for this agent's rows.
+
+        Rows with ``batch.agent != agent_id`` are zeros. Padded positions are zeros.
+        Micro-batched over rows (``micro_batch_size``); differentiable when grad is enabled.
+        """
+        m, t = batch.tokens.shape
+        device = self.device
+        out = torch.zeros((m, t), dtype=torch.float32, device=device)
+        rows = torch.nonzero(batch.agent == self.agent_id).flatten().tolist()
+        if not rows:
+            return out
+        pieces = []
+        for start in range(0, len(rows), self.micro_batch_size):
+            idx = rows[start : start + self.micro_batch_size]
+            pieces.append((idx, self._forward_rows(batch, idx)))
+        index = torch.tensor([i for idx, _ in pieces for i in idx], device=device)
+        values = torch.cat([v for _, v in pieces], dim=0)
+        if values.shape[1] < t:
+            values = torch.nn.functional.pad(values, (0, t - values.shape[1]))
+        return out.index_copy(0, index, values[:, :t])
+
+    def _forward_rows(self, batch: MessageBatch, rows: list[int]) -> Tensor:
+        """Teacher-forced log-probs (R, T_r) of the messages of ``rows`` (right padded with 0).
+
+        Sequences are left padded so that every message ends at the last position; the model is
+        asked for the logits of the last ``T_r + 1`` positions only.
+        """
+        device = self.device
+        ctx = [batch.context[i][batch.context_mask[i]] for i in rows]
+        msg = [batch.tokens[i][batch.mask[i]] for i in rows]
+        lengths = [len(x) for x in msg]
+        t_r = max(lengths)
+        width = max(len(c) + len(x) for c, x in zip(ctx, msg))
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, (c, x) in enumerate(zip(ctx, msg)):
+            seq = torch.cat([c, x])
+            ids[r, width - len(seq) :] = seq
+            attn[r, width - len(seq) :] = 1
+        ids, attn = ids.to(device), attn.to(device)
+        position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
+        grad = torch.is_grad_enabled()
+        was_training = self.model.training
+        self.model.train(grad and self.gradient_checkpointing)
+        try:
+            logits = self.model(
+                input_ids=ids,
+                attention_mask=attn,
+                position_ids=position_ids,
+                use_cache=False,
+                logits_to_keep=t_r + 1,
+            ).logits
+        finally:
+            self.model.train(was_training)
+        # logits[:, k] predicts the token at position width - t_r - 1 + k + 1
+        logp = torch.log_softmax(logits[:, :-1].float() / self.temperature, dim=-1)  # (R, t_r, V)
+        target = ids[:, width - t_r :]
+        tok_logp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (R, t_r), left aligned to the end
+        # move each row's message (the last L_r positions) to the front: right padded (R, t_r)
+        lengths_t = torch.tensor(lengths, device=device)
+        cols = torch.arange(t_r, device=device)
+        src = (t_r - lengths_t[:, None] + cols[None, :]).clamp(max=t_r - 1)
+        valid = cols[None, :] < lengths_t[:, None]
+        return torch.where(valid, tok_logp.gather(1, src), torch.zeros((), device=device))

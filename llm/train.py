@@ -1,0 +1,543 @@
+"""``python -m llm.train --config CONFIG.yaml``: sequential trust-region training of an LLM team.
+
+What a run does:
+
+1. Reads the YAML into a validated :class:`llm.config.RunConfig` and resolves the core's
+   :class:`trust_region.stage.StageConfig` from it; loads the task (problems + grader) and checks
+   every agent (model path, tokenizer, chat template) - all before any model weights are loaded.
+2. Loads the team (one model, tokenizer and AdamW per agent), a generation backend and the
+   :class:`llm.sampler.TeamSampler`, then runs ``train.stages`` stages through
+   :func:`trust_region.stage.run_stage` (every mode of the core).
+3. Writes into ``output_dir``:
+
+   - ``config.yaml``: the resolved config (run config + core StageConfig);
+   - ``metrics.jsonl``: one line per agent update (``agent{j}/...`` keys from the core's
+     UpdateReport, ``rollout/...`` keys: generation cost and the sampled-vs-recomputed log-prob
+     gap of the rollouts made for it) and one line per stage (``stage/...``);
+   - ``checkpoints/agent{j}/weights-uNNNNNN.safetensors`` (trainable parameters only; LoRA: the
+     adapters) and ``optim-uNNNNNN.pt`` (the agent's AdamW state, loaded with weights_only=True);
+   - ``cursor.json``: stage, updates done, per-agent checkpoint files, betas, RNG states (stage
+     rng, sampler, prompt source, torch), and mid-stage progress (order, prompts, current batch);
+   - ``tb/``: TensorBoard scalars when ``tensorboard: true``.
+
+   Every file is written atomically (temp file, then ``os.replace``); the cursor is written last,
+   and files it no longer references are deleted afterwards, so a kill at any point leaves a
+   consistent run directory.
+4. Resuming (the default when ``output_dir`` holds a cursor): the team is rebuilt from the config,
+   the checkpointed weights, optimizer states, betas and RNG states are loaded and training
+   continues at the next agent update (when the core's ``run_stage`` accepts ``on_update`` and
+   ``resume``; otherwise at the next stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+
+from llm.config import ConfigError, RunConfig, config_to_dict, load_config
+from llm.rewards.base import Grade, Problem
+from llm.sampler import RolloutPayload, TeamSampler
+from llm.tasks import PromptSource, Task, TaskError, load_task
+from llm.team import LLMTeam, preflight
+from trust_region.batch import MessageBatch
+from trust_region.certificate import CertificateTerms
+from trust_region.stage import StageConfig, StageReport, UpdateReport, run_stage
+
+CURSOR = "cursor.json"
+_RESERVED_STAGE_KEYS = ("mode", "order", "fixed_order", "prompts_per_stage", "group_size", "update")
+
+
+# ---------------------------------------------------------------------------- config -> core
+def build_stage_config(config: RunConfig) -> StageConfig:
+    """The core's StageConfig from ``train``: mode/order/group sizes/update + ``train.stage`` extras."""
+    t = config.train
+    clash = sorted(set(t.stage) & set(_RESERVED_STAGE_KEYS))
+    if clash:
+        raise ConfigError(f"train.stage must not set {clash}: use train.mode / train.order / train.group_size / "
+                          "train.prompts_per_stage / train.update")
+    d: dict[str, Any] = dict(t.stage)
+    d.update(mode=t.mode, prompts_per_stage=t.prompts_per_stage, group_size=t.group_size, update=dict(t.update))
+    if isinstance(t.order, tuple):
+        d.update(order="fixed", fixed_order=tuple(config.team.index(n) for n in t.order))
+    else:
+        d["order"] = t.order
+    try:
+        return StageConfig.from_dict(d)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"train (stage/update settings): {err}") from err
+
+
+# ---------------------------------------------------------------------------- atomic files
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata))
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------- batch (de)serialisation
+_BATCH_FIELDS = [f.name for f in dataclasses.fields(MessageBatch) if f.name != "payload"]
+
+
+def save_batch(directory: Path, batch: MessageBatch) -> None:
+    atomic_save_safetensors(directory / "batch.safetensors", {k: getattr(batch, k) for k in _BATCH_FIELDS})
+    p = batch.payload
+    if isinstance(p, RolloutPayload):
+        data = {
+            "problems": {str(t): pr.id for t, pr in p.problems.items()},
+            "schedules": {str(t): s for t, s in p.schedules.items()},
+            "texts": [[t, u, x] for (t, u), x in p.texts.items()],
+            "finish": [[t, u, x] for (t, u), x in p.finish.items()],
+            "grades": {str(t): [g.score, g.parsed, g.extracted] for t, g in p.grades.items()},
+        }
+        atomic_write_text(directory / "payload.json", json.dumps(data))
+
+
+def load_batch(directory: Path, problems_by_id: dict[str, Problem]) -> MessageBatch:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(directory / "batch.safetensors"))
+    payload = None
+    if (directory / "payload.json").is_file():
+        d = json.loads((directory / "payload.json").read_text(encoding="utf-8"))
+        payload = RolloutPayload(
+            problems={int(t): problems_by_id[i] for t, i in d["problems"].items()},
+            schedules={int(t): list(s) for t, s in d["schedules"].items()},
+            texts={(int(t), int(u)): x for t, u, x in d["texts"]},
+            finish={(int(t), int(u)): x for t, u, x in d["finish"]},
+            grades={int(t): Grade(float(s), bool(ok), e) for t, (s, ok, e) in d["grades"].items()},
+        )
+    return MessageBatch(**{k: tensors[k] for k in _BATCH_FIELDS}, payload=payload)
+
+
+def report_from_dict(d: dict[str, Any]) -> UpdateReport:
+    d = dict(d)
+    cert = d.pop("certificate", None)
+    return UpdateReport(**d, certificate=CertificateTerms(**cert) if cert is not None else None)
+
+
+def _json_floats(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats become strings 'inf'/'-inf'/'nan'."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_floats(v) for v in obj]
+    return obj
+
+
+def _from_json_floats(obj: Any) -> Any:
+    if isinstance(obj, str) and obj in ("inf", "-inf", "nan"):
+        return float(obj)
+    if isinstance(obj, dict):
+        return {k: _from_json_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_json_floats(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------- the trainer
+@dataclass
+class TrainResult:
+    team: LLMTeam
+    reports: list[StageReport]
+    output_dir: Path
+    updates_done: int
+    sampler: TeamSampler
+    resumed_from: int | None = None  # updates done when the run was resumed (None: fresh run)
+
+
+@dataclass
+class _State:
+    stage: int = 0
+    updates_done: int = 0
+    agent_files: dict[int, dict[str, str]] = field(default_factory=dict)
+    betas: list[float] | None = None
+    progress: dict[str, Any] | None = None
+
+
+def core_supports_update_resume() -> bool:
+    params = inspect.signature(run_stage).parameters
+    return "on_update" in params and "resume" in params
+
+
+class Trainer:
+    """Owns a run directory. ``on_update_hook(updates_done)`` is called after every checkpointed
+    update (tests raise from it to simulate a kill)."""
+
+    def __init__(self, config: RunConfig, output_dir: str | Path | None = None,
+                 on_update_hook: Callable[[int], None] | None = None) -> None:
+        self.config = config
+        self.output_dir = Path(output_dir if output_dir is not None else config.output_dir)
+        self.on_update_hook = on_update_hook
+        # --- everything that can fail on bad input, before any model is loaded
+        self.stage_config = build_stage_config(config)
+        try:
+            self.task: Task = load_task(config.task)
+        except TaskError as err:
+            raise ConfigError(str(err)) from err
+        ids = [p.id for p in self.task.problems]
+        if len(set(ids)) != len(ids):
+            raise ConfigError("task: problem ids are not unique (set task.id_field to a unique column)")
+        self.problems_by_id = {p.id: p for p in self.task.problems}
+        self.tokenizers = preflight(config.team)
+        self.team: LLMTeam | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _build(self) -> None:
+        cfg = self.config
+        torch.manual_seed(cfg.train.seed)
+        self.team = LLMTeam.from_config(cfg.team, temperature=cfg.sampling.temperature, tokenizers=self.tokenizers)
+        self.optimizers = self.team.make_optimizers()
+        self.backend = make_backend(cfg, self.team)
+        self.sampler = TeamSampler(self.backend, self.task.grader, temperature=cfg.sampling.temperature,
+                                   top_p=cfg.sampling.top_p, seed=cfg.train.seed + 1,
+                                   recompute_logprobs=cfg.sampling.recompute_logprobs)
+        self.prompt_source = PromptSource(self.task.problems, seed=cfg.train.seed + 2)
+        self.rng = np.random.default_rng(cfg.train.seed)
+
+    def resolved_config(self) -> dict[str, Any]:
+        d = config_to_dict(self.config)
+        d["output_dir"] = str(self.output_dir)
+        d["resolved_stage_config"] = config_to_dict(self.stage_config)
+        return d
+
+    def _check_same_run(self) -> None:
+        saved = yaml.safe_load((self.output_dir / "config.yaml").read_text(encoding="utf-8"))
+        now = self.resolved_config()
+        for d in (saved, now):
+            d.get("train", {}).pop("stages", None)
+            for k in ("output_dir", "tensorboard", "progress"):
+                d.pop(k, None)
+        if json.dumps(_json_floats(saved), sort_keys=True, default=str) != json.dumps(
+            _json_floats(yaml.safe_load(yaml.safe_dump(now))), sort_keys=True, default=str
+        ):
+            raise ConfigError(f"{self.output_dir} holds a run with a different config; use another output_dir "
+                              "or --no-resume (only train.stages may change when resuming)")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_agent(self, j: int, tag: int) -> dict[str, str]:
+        agent = self.team[j]
+        d = self.output_dir / "checkpoints" / f"agent{j}"
+        w = d / f"weights-u{tag:06d}.safetensors"
+        o = d / f"optim-u{tag:06d}.pt"
+        atomic_save_safetensors(w, dict(agent.named_trainable_parameters()), metadata={"agent": agent.name})
+        atomic_torch_save(o, self.optimizers[j].state_dict())
+        return {"weights": str(w.relative_to(self.output_dir)), "optimizer": str(o.relative_to(self.output_dir))}
+
+    def _load_agent(self, j: int, files: dict[str, str]) -> None:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(self.output_dir / files["weights"]))
+        agent = self.team[j]
+        params = dict(agent.named_trainable_parameters())
+        if set(params) != set(tensors):
+            raise ConfigError(f"checkpoint {files['weights']} does not match agent {agent.name}'s parameters")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(tensors[n].to(p.device, p.dtype))
+        state = torch.load(self.output_dir / files["optimizer"], weights_only=True, map_location="cpu")
+        self.optimizers[j].load_state_dict(state)
+
+    def _rng_states(self) -> dict[str, Any]:
+        return {
+            "stage_rng": self.rng.bit_generator.state,
+            "sampler": self.sampler.state_dict(),
+            "prompt_source": self.prompt_source.state_dict(),
+            "torch": torch.get_rng_state().tolist(),
+        }
+
+    def _set_rng_states(self, s: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = s["stage_rng"]
+        self.sampler.load_state_dict(s["sampler"])
+        self.prompt_source.load_state_dict(s["prompt_source"])
+        torch.set_rng_state(torch.tensor(s["torch"], dtype=torch.uint8))
+
+    def _write_cursor(self, state: _State, rng_states: dict[str, Any]) -> None:
+        cursor = {
+            "version": 1,
+            "stage": state.stage,
+            "updates_done": state.updates_done,
+            "agents": {str(j): f for j, f in state.agent_files.items()},
+            "betas": state.betas,
+            "rng": rng_states,
+            "progress": state.progress,
+            "time": time.time(),
+        }
+        atomic_write_text(self.output_dir / CURSOR, json.dumps(_json_floats(cursor)))
+        self._collect_garbage(state)
+
+    def _collect_garbage(self, state: _State) -> None:
+        keep = {str(self.output_dir / f) for files in state.agent_files.values() for f in files.values()}
+        progress_dir = state.progress.get("batch_dir") if state.progress else None
+        for path in (self.output_dir / "checkpoints").glob("agent*/*"):
+            if str(path) not in keep and not path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)
+        for path in (self.output_dir / "checkpoints").glob("progress-u*"):
+            if progress_dir is None or path.name != Path(progress_dir).name:
+                for f in path.iterdir():
+                    f.unlink()
+                path.rmdir()
+
+    def _load_cursor(self) -> _State:
+        c = _from_json_floats(json.loads((self.output_dir / CURSOR).read_text(encoding="utf-8")))
+        state = _State(stage=c["stage"], updates_done=c["updates_done"],
+                       agent_files={int(j): f for j, f in c["agents"].items()}, betas=c["betas"],
+                       progress=c["progress"])
+        for j, files in state.agent_files.items():
+            self._load_agent(j, files)
+        self._set_rng_states(c["rng"])
+        return state
+
+    # ------------------------------------------------------------------ metrics
+    def _open_logs(self, truncate_after: int | None) -> None:
+        path = self.output_dir / "metrics.jsonl"
+        if truncate_after is not None and path.is_file():
+            kept = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                if row.get("update", 0) <= truncate_after:
+                    kept.append(line)
+            atomic_write_text(path, "".join(k + "\n" for k in kept))
+        elif truncate_after is None and path.exists():
+            path.unlink()
+        self._metrics = path.open("a", encoding="utf-8")
+        self._tb = None
+        if self.config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.output_dir / "tb"))
+
+    def _log(self, row: dict[str, Any]) -> None:
+        self._metrics.write(json.dumps(_json_floats(row)) + "\n")
+        self._metrics.flush()
+        if self._tb is not None:
+            step = int(row.get("update", 0))
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+
+    def _rollout_metrics(self) -> dict[str, float]:
+        new = self.sampler.history[self._history_seen:]
+        self._history_seen = len(self.sampler.history)
+        out: dict[str, float] = {"rollout/sample_calls": float(len(new))}
+        if not new:
+            return out
+        out["rollout/generate_calls"] = float(sum(s.generate_calls for s in new))
+        out["rollout/generated_tokens"] = float(sum(s.generated_tokens for s in new))
+        out["rollout/reused_tokens"] = float(sum(s.reused_tokens for s in new))
+        out["rollout/mean_score"] = float(np.mean([s.mean_score for s in new]))
+        out["rollout/parsed_rate"] = float(np.mean([s.parsed_rate for s in new]))
+        gaps = [s for s in new if s.logp_gap_mean_abs is not None]
+        if gaps:
+            out["rollout/logp_gap_mean_abs"] = float(np.mean([s.logp_gap_mean_abs for s in gaps]))
+            out["rollout/logp_gap_max_abs"] = float(max(s.logp_gap_max_abs for s in gaps))
+            out["rollout/logp_gap_mean"] = float(np.mean([s.logp_gap_mean for s in gaps]))
+            out["rollout/logp_gap_message_mean_abs"] = float(np.mean([s.logp_gap_message_mean_abs for s in gaps]))
+        return out
+
+    def _update_row(self, stage: int, updates_done: int, report: UpdateReport) -> dict[str, Any]:
+        row: dict[str, Any] = {"stage": stage, "update": updates_done, "position": report.position,
+                               "agent": report.agent, "agent_name": self.team[report.agent].name, "time": time.time()}
+        row.update(report.to_dict(prefix=True))
+        row.update(self._rollout_metrics())
+        return row
+
+    # ------------------------------------------------------------------ progress (mid-stage state)
+    def _progress_to_json(self, p: Any, tag: int) -> dict[str, Any]:
+        keep_batch = p.batch is not None and not (self.stage_config.mode == "intermediate"
+                                                  and not self.stage_config.prefix_reuse)
+        d = {
+            "stage": p.stage, "order": list(p.order), "prompts": [q.id for q in p.prompts],
+            "next_index": p.next_index, "betas": list(p.betas), "batch_start": p.batch_start,
+            "updates": [dataclasses.asdict(u) for u in p.updates], "sample_calls": p.sample_calls,
+            "resample_calls": p.resample_calls, "trajectories_generated": p.trajectories_generated,
+            "tokens_generated": p.tokens_generated, "batch_mean_returns": list(p.batch_mean_returns),
+            "batch_dir": None,
+        }
+        if keep_batch:
+            bdir = self.output_dir / "checkpoints" / f"progress-u{tag:06d}"
+            save_batch(bdir, p.batch)
+            d["batch_dir"] = str(bdir.relative_to(self.output_dir))
+        return d
+
+    def _progress_from_json(self, d: dict[str, Any]) -> Any:
+        from trust_region.stage import StageProgress  # only with a core that supports resuming
+
+        batch = load_batch(self.output_dir / d["batch_dir"], self.problems_by_id) if d["batch_dir"] else None
+        return StageProgress(
+            stage=d["stage"], order=list(d["order"]), prompts=[self.problems_by_id[i] for i in d["prompts"]],
+            next_index=d["next_index"], betas=list(d["betas"]), batch=batch, batch_start=d["batch_start"],
+            updates=[report_from_dict(u) for u in d["updates"]], sample_calls=d["sample_calls"],
+            resample_calls=d["resample_calls"], trajectories_generated=d["trajectories_generated"],
+            tokens_generated=d["tokens_generated"], batch_mean_returns=list(d["batch_mean_returns"]),
+        )
+
+    # ------------------------------------------------------------------ run
+    def run(self, resume: bool = True) -> TrainResult:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        has_cursor = (self.output_dir / CURSOR).is_file()
+        if has_cursor and resume:
+            self._check_same_run()
+        self._build()
+        n = len(self.team)
+        state = _State()
+        resumed_from = None
+        if has_cursor and resume:
+            state = self._load_cursor()
+            resumed_from = state.updates_done
+        else:
+            if has_cursor:
+                (self.output_dir / CURSOR).unlink()
+            state.agent_files = {}
+            self._collect_garbage(state)
+        atomic_write_text(self.output_dir / "config.yaml", yaml.safe_dump(self.resolved_config(), sort_keys=False))
+        self._open_logs(truncate_after=state.updates_done if resumed_from is not None else None)
+        self._history_seen = 0
+        fine_grained = core_supports_update_resume()
+        total = self.config.train.stages * n
+        reports: list[StageReport] = []
+        bar = _progress_bar(total, state.updates_done, self.config.progress)
+        try:
+            while state.stage < self.config.train.stages:
+                stage = state.stage
+                kwargs: dict[str, Any] = {"betas": state.betas, "stage": stage}
+                if fine_grained:
+                    kwargs["on_update"] = self._make_on_update(state, bar)
+                    if state.progress is not None:
+                        kwargs["resume"] = self._progress_from_json(state.progress)
+                report = run_stage(self.team, self.optimizers, self.sampler, self.prompt_source,
+                                   self.stage_config, self.rng, **kwargs)
+                if not fine_grained:
+                    base = state.updates_done
+                    for k, u in enumerate(report.updates):
+                        self._log(self._update_row(stage, base + k + 1, u))
+                    state.updates_done = base + len(report.updates)
+                    for j in range(n):
+                        state.agent_files[j] = self._save_agent(j, state.updates_done)
+                state.stage = stage + 1
+                state.betas = list(report.betas)
+                state.progress = None
+                self._log({"stage": stage, "update": state.updates_done, "time": time.time(),
+                           **{k: v for k, v in report.to_dict().items() if k.startswith("stage/")}})
+                self._write_cursor(state, self._rng_states())
+                if not fine_grained:
+                    bar.update(len(report.updates))
+                    for k in range(len(report.updates)):
+                        if self.on_update_hook is not None:
+                            self.on_update_hook(state.updates_done - len(report.updates) + k + 1)
+                reports.append(report)
+        finally:
+            bar.close()
+            self._metrics.close()
+            if self._tb is not None:
+                self._tb.close()
+        return TrainResult(self.team, reports, self.output_dir, state.updates_done, self.sampler, resumed_from)
+
+    def _make_on_update(self, state: _State, bar: Any) -> Callable[[Any], None]:
+        def on_update(progress: Any) -> None:
+            i = progress.next_index - 1
+            j = progress.order[i]
+            state.updates_done += 1
+            tag = state.updates_done
+            self._log(self._update_row(progress.stage, tag, progress.updates[-1]))
+            state.agent_files[j] = self._save_agent(j, tag)
+            state.betas = list(progress.betas)
+            state.progress = self._progress_to_json(progress, tag)
+            self._write_cursor(state, self._rng_states())
+            bar.update(1)
+            if self.on_update_hook is not None:
+                self.on_update_hook(tag)
+
+        return on_update
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="agent updates", unit="update")
+
+
+def make_backend(config: RunConfig, team: LLMTeam) -> Any:
+    if config.sampling.backend == "hf":
+        from llm.rollout.hf import HFBackend
+
+        return HFBackend.from_team(team, batch_size=config.sampling.batch_size)
+    try:
+        from llm.rollout.vllm import VLLMBackend  # provided by the vLLM helper
+    except ImportError as err:
+        raise ConfigError(f"sampling.backend 'vllm' is not available: {err}") from err
+    return VLLMBackend.from_team(team, batch_size=config.sampling.batch_size)
+
+
+def train(config: RunConfig | str | Path, output_dir: str | Path | None = None, resume: bool = True,
+          on_update_hook: Callable[[int], None] | None = None) -> TrainResult:
+    """Run (or resume) training; see the module docstring."""
+    if not isinstance(config, RunConfig):
+        config = load_config(config)
+    return Trainer(config, output_dir, on_update_hook).run(resume=resume)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llm.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="YAML run config (see configs/)")
+    parser.add_argument("--output-dir", default=None, help="run directory (default: output_dir of the config)")
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if the run directory has a cursor")
+    args = parser.parse_args(argv)
+    try:
+        result = train(args.config, args.output_dir, resume=not args.no_resume)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    last = result.reports[-1].to_dict() if result.reports else {}
+    print(json.dumps({"output_dir": str(result.output_dir), "updates_done": result.updates_done,
+                      "resumed_from": result.resumed_from,
+                      "last_stage": {k: v for k, v in last.items() if k.startswith("stage/")}}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""run_stage: sampling counts per mode, update order, target-only updates, weights, configs, training."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trust_region.advantage import AdvantageConfig
+from trust_region.certificate import CertificateConfig
+from trust_region.stage import StageConfig, run_stage, stage_order
+from trust_region.update import UpdateConfig
+
+from trust_region_toy import make_team
+
+FAST = UpdateConfig(delta=0.05, epochs=1, minibatch_size=None)
+
+
+def _run(mode, n_agents=3, prefix_reuse=False, k=2, order="fixed", seed=0, on_call=None, update=FAST, **kw):
+    team, opts, sampler, prompts = make_team(n_agents=n_agents, seed=seed, lr=0.05, on_call=on_call)
+    cfg = StageConfig(mode=mode, prefix_reuse=prefix_reuse, resample_every=k, order=order, prompts_per_stage=3,
+                      group_size=2, update=update, **kw)
+    rep = run_stage(team, opts, sampler, prompts, cfg, np.random.default_rng(seed))
+    return rep, sampler, team
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("intermediate", lambda n: (n, 0)),
+        ("stale", lambda n: (1, 0)),
+        ("stale_is", lambda n: (1, 0)),
+        ("stale_happo", lambda n: (1, 0)),
+        ("joint", lambda n: (1, 0)),
+    ],
+)
+def test_sample_counts(mode, expected, n):
+    rep, sampler, _ = _run(mode, n_agents=n)
+    assert (sampler.sample_calls, sampler.resample_calls) == expected(n)
+    assert (rep.sample_calls, rep.resample_calls) == expected(n)
+    assert len(rep.updates) == n
+
+
+@pytest.mark.parametrize("n, k", [(3, 2), (4, 2), (5, 2), (5, 3), (3, 1), (3, 5)])
+def test_resample_every_k_counts(n, k):
+    rep, sampler, _ = _run("resample_every_k", n_agents=n, k=k)
+    assert sampler.sample_calls == math.ceil(n / k) == rep.sample_calls
+    assert sampler.resample_calls == 0
+    gen = [u.trajectories_generated for u in rep.updates]
+    assert gen == [6 if i % k == 0 else 0 for i in range(n)]  # 3 prompts x group 2
+
+
+@pytest.mark.parametrize("order", ["fixed", "reversed", "random"])
+def test_prefix_reuse_counts(order):
+    rep, sampler, _ = _run("intermediate", n_agents=3, prefix_reuse=True, order=order, seed=3)
+    assert sampler.sample_calls == 1 and sampler.resample_calls == 2
+    assert (rep.sample_calls, rep.resample_calls) == (1, 2)
+    # resample_from is called with the agent that changed last
+    assert sampler.resample_agents == rep.order[:-1]
+    # prefix reuse generates fewer tokens than fresh intermediate rollouts when the kept prefixes are
+    # non-empty (the agent changed last does not always speak first)
+    fresh, _, _ = _run("intermediate", n_agents=3, order=order, seed=3)
+    if rep.order[0] != 0 or rep.order[1] != 0:
+        assert rep.tokens_generated < fresh.tokens_generated
+
+
+def test_orders():
+    cfg = StageConfig(order="reversed")
+    assert stage_order(cfg, 4, np.random.default_rng(0)) == [3, 2, 1, 0]
+    cfg = StageConfig(order="fixed", fixed_order=(2, 0, 1))
+    assert stage_order(cfg, 3, np.random.default_rng(0)) == [2, 0, 1]
+    cfg = StageConfig(order="reversed", fixed_order=(2, 0, 1))
+    assert stage_order(cfg, 3, np.random.default_rng(0)) == [1, 0, 2]
+    rng = np.random.default_rng(0)
+    orders = {tuple(stage_order(StageConfig(order="random"), 4, rng)) for _ in range(30)}
+    assert len(orders) > 1 and all(sorted(o) == [0, 1, 2, 3] for o in orders)
+    with pytest.raises(ValueError, match="fixed_order"):
+        stage_order(StageConfig(fixed_order=(1, 0)), 3, rng)
+
+
+@pytest.mark.parametrize("mode", ["intermediate", "resample_every_k"])
+def test_only_the_target_agent_changes_between_samples(mode):
+    """Between two consecutive rollout calls exactly the agent updated in between has changed."""
+    seen: list[list[torch.Tensor]] = []
+
+    def on_call(kind, team):
+        seen.append([a.logits.detach().clone() for a in team])
+
+    rep, sampler, team = _run(mode, n_agents=3, k=1, order="random", seed=5, on_call=on_call)
+    seen.append([a.logits.detach().clone() for a in team])  # after the stage
+    assert len(seen) == 4
+    for i, j in enumerate(rep.order):
+        changed = [not torch.equal(x, y) for x, y in zip(seen[i], seen[i + 1])]
+        assert changed == [a == j for a in range(3)], (i, j, changed)
+
+
+def test_stale_modes_share_the_stage_start_batch_and_weights():
+    upd = UpdateConfig(delta=0.5, epochs=3, minibatch_size=2, beta=0.0)
+    stale, _, _ = _run("stale", update=upd)
+    is_, _, _ = _run("stale_is", update=upd)
+    happo, _, _ = _run("stale_happo", update=upd)
+    joint, _, _ = _run("joint", update=upd)
+    # first update: no agent has been updated yet, all weights are 1
+    for rep in (is_, happo):
+        first = rep.updates[0]
+        assert first.weight_min == first.weight_max == 1.0
+    # later updates: truncated weights <= 1 (some < 1); HAPPO weights are untruncated (some > 1)
+    assert all(u.weight_max <= 1.0 for u in is_.updates)
+    assert any(u.weight_min < 1.0 for u in is_.updates[1:])
+    assert any(u.weight_max > 1.0 for u in happo.updates[1:])
+    # stale and joint run identical updates (an update depends only on the agent and the fixed batch)
+    for a, b in zip(stale.updates, joint.updates):
+        assert a.kl == b.kl and a.n_steps == b.n_steps
+
+
+def test_stale_is_with_gae_uses_truncated_traces():
+    upd = UpdateConfig(delta=0.5, epochs=3, minibatch_size=2, beta=0.0)
+    rep, _, _ = _run("stale_is", update=upd, advantage=AdvantageConfig(estimator="gae", lam=0.9))
+    # traces, not trajectory weights: the objective weights stay 1
+    assert all(u.weight_min == u.weight_max == 1.0 for u in rep.updates)
+    assert all(u.n_messages > 0 for u in rep.updates)
+
+
+def test_every_accepted_update_in_a_stage_is_inside_delta():
+    upd = UpdateConfig(delta=0.01, epochs=3, minibatch_size=2)
+    team, opts, sampler, prompts = make_team(n_agents=3, seed=1, lr=1.0)
+    cfg = StageConfig(mode="intermediate", prompts_per_stage=4, group_size=3, update=upd)
+    betas = None
+    for s in range(2):
+        rep = run_stage(team, opts, sampler, prompts, cfg, np.random.default_rng(s), betas=betas, stage=s)
+        betas = rep.betas
+        assert all(u.kl <= 0.01 for u in rep.updates)
+    assert sum(u.n_rejected for u in rep.updates) > 0
+
+
+def test_report_to_dict_is_json_floats():
+    rep, _, _ = _run("intermediate", certificate=CertificateConfig(gamma=0.9))
+    d = rep.to_dict()
+    assert all(isinstance(v, float) for v in d.values())
+    json.dumps(d)
+    assert d["stage/sample_calls"] == 3.0
+    assert d["stage/cert/sum_certificate"] == pytest.approx(sum(u.certificate.certificate for u in rep.updates))
+    assert "agent2/cert/kl_term" in d
+
+
+def test_team_trains_over_stages():
+    team, opts, sampler, prompts = make_team(n_agents=2, seed=2, lr=0.1, msg_len=1, vocab=3, n_prompts=2)
+    cfg = StageConfig(mode="intermediate", prompts_per_stage=4, group_size=8,
+                      update=UpdateConfig(delta=0.1, epochs=2, minibatch_size=8))
+    rng = np.random.default_rng(0)
+    betas = None
+    first = last = None
+    for s in range(12):
+        rep = run_stage(team, opts, sampler, prompts, cfg, rng, betas=betas, stage=s)
+        betas = rep.betas
+        first = rep.batch_mean_returns[0] if first is None else first
+        last = rep.batch_mean_returns[-1]
+    # exact team return of the toy team (all tokens independent of the previous message here)
+    assert last > first + 0.2, (first, last)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(mode="sequential"), "mode"),
+        (dict(prefix_reuse=True, mode="stale"), "prefix_reuse"),
+        (dict(resample_every=0, mode="resample_every_k"), "resample_every"),
+        (dict(order="sorted"), "order"),
+        (dict(fixed_order=(0, 0, 1)), "fixed_order"),
+        (dict(group_size=1), "group_size"),
+        (dict(group_size=0, advantage=AdvantageConfig(normalization="none")), "group_size"),
+        (dict(prompts_per_stage=0), "prompts_per_stage"),
+        (dict(advantage=AdvantageConfig(a_clip=math.inf)), "certificate.a_max"),
+        (dict(update=dict(delta=0.0)), "UpdateConfig.delta"),
+        (dict(update=dict(clip_eps=0.0)), "UpdateConfig.clip_eps"),
+        (dict(is_log_ratio_clip=0.0), "is_log_ratio_clip"),
+        (dict(update="fast"), "update"),
+    ],
+)
+def test_bad_stage_config(kwargs, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        StageConfig(**kwargs)
+
+
+def test_group_size_one_allowed_without_normalisation_and_from_dict():
+    cfg = StageConfig.from_dict(dict(group_size=1, advantage=dict(normalization="none"), update=dict(delta=0.02)))
+    assert cfg.update.delta == 0.02 and cfg.advantage.normalization == "none"
+    with pytest.raises(ValueError, match="unknown"):
+        StageConfig.from_dict(dict(groupsize=4))
+
+
+def test_run_stage_argument_checks():
+    team, opts, sampler, prompts = make_team(n_agents=2)
+    with pytest.raises(ValueError, match="optimizer"):
+        run_stage(team, opts[:1], sampler, prompts, StageConfig(), np.random.default_rng(0))
+    with pytest.raises(TypeError, match="rng"):
+        run_stage(team, opts, sampler, prompts, StageConfig(), 0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="betas"):
+        run_stage(team, opts, sampler, prompts, StageConfig(), np.random.default_rng(0), betas=[0.1])

@@ -1,0 +1,378 @@
+"""One stage of sequential trust-region training (TeamTR Algorithm 1, SAT Algorithm 1, baselines).
+
+A stage draws one prompt batch (``prompt_source(prompts_per_stage)``), chooses an update order sigma
+(fixed, reversed or random per stage) and updates the agents one at a time, each with
+:func:`trust_region.update.update_agent` on its own messages. The modes differ only in which team
+produced the batch an update sees and how it is reweighted:
+
+==================  ================================================================  ================
+mode                batch of update i (team hat_pi^{i-1} = agents sigma(1..i-1) updated)  rollout calls
+==================  ================================================================  ================
+intermediate        fresh rollouts of hat_pi^{i-1} before every update (TeamTR)        N ``sample``
+intermediate +      first update: fresh rollouts; update i > 1: ``sampler.resample_     1 ``sample`` +
+``prefix_reuse``    from(team, previous batch, agent=sigma(i-1))``: prefixes up to the  N-1 ``resample_
+                    first turn of the agent changed last are kept (still exact samples  from``
+                    of hat_pi^{i-1}), the rest regenerated
+stale               the stage-start batch for every update (naive sequential)         1 ``sample``
+stale_is            stage-start batch reweighted by SAT's truncated weights: with the  1 ``sample``
+                    ``"group"`` estimator each message's objective is multiplied by
+                    c(tau) = min(1, rho(tau)), rho(tau) = product over the trajectory's
+                    messages of already-updated agents of pi_new/pi_behaviour (message
+                    ratios); with ``"gae"`` the per-message c_t = min(1, rho_t) enter the
+                    GAE traces instead (papers.md B.4)
+stale_happo         as stale_is with the untruncated rho(tau) (HAPPO)                 1 ``sample``
+joint               every agent updated from the stage-start batch with its own ratio 1 ``sample``
+                    (as if simultaneously; the order is irrelevant)
+resample_every_k    fresh rollouts before updates 1, k+1, 2k+1, ...; stale in between ceil(N/k)
+                    (TeamTR's "resample every 2 updates" baseline)                    ``sample``
+==================  ================================================================  ================
+
+No trust region: ``UpdateConfig(delta=math.inf)`` with any mode.
+
+Note: in the sampled engine an update on a fixed batch depends only on the updated agent's own
+parameters (other agents' messages are fixed context), so ``stale`` and ``joint`` produce the same
+parameter updates; they differ in what the batch represents (the base team of the surrogate), which
+the exact tabular engine evaluates.
+
+Advantages are recomputed for every update from the batch the update sees (group-normalised over
+all trajectories of each prompt group; see :mod:`trust_region.advantage`). The per-agent KL penalty
+coefficient beta is carried between stages through ``StageReport.betas`` / ``run_stage(betas=...)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from trust_region.advantage import AdvantageConfig, compute_advantages
+from trust_region.batch import MessageBatch
+from trust_region.certificate import CertificateConfig, stage_certificate
+from trust_region.kl import per_message
+from trust_region.protocols import AgentPolicy, Sampler
+from trust_region.update import UpdateConfig, UpdateReport, eval_log_probs, update_agent
+
+MODES = ("intermediate", "stale", "stale_is", "stale_happo", "joint", "resample_every_k")
+ORDERS = ("fixed", "reversed", "random")
+STALE_MODES = ("stale", "stale_is", "stale_happo", "joint")
+
+__all__ = [
+    "MODES",
+    "ORDERS",
+    "StageConfig",
+    "StageReport",
+    "UpdateConfig",
+    "UpdateReport",
+    "AdvantageConfig",
+    "CertificateConfig",
+    "run_stage",
+    "stage_order",
+]
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage's settings (validated; nested configs may be given as dicts, e.g. from YAML).
+
+    - ``mode``: one of :data:`MODES` (see the module docstring).
+    - ``prefix_reuse``: only with ``mode="intermediate"``; needs ``sampler.resample_from``.
+    - ``resample_every``: k >= 1 of ``resample_every_k``.
+    - ``order``: ``"fixed"`` (``fixed_order`` or 0..N-1), ``"reversed"`` (of that) or ``"random"``
+      (a fresh permutation per stage from ``rng``); ``fixed_order``: a permutation of 0..N-1 or None.
+    - ``prompts_per_stage`` >= 1 prompts, ``group_size`` G >= 1 trajectories per prompt (G >= 2 when
+      the advantage normalisation subtracts a group mean).
+    - ``advantage``, ``update``, ``certificate`` (None: no certificate terms).
+    - ``is_log_ratio_clip`` > 0: |log rho(tau)| is clamped to this before exponentiation
+      (stale_is / stale_happo; SAT's code clamps log-ratios at 10).
+    """
+
+    mode: Literal["intermediate", "stale", "stale_is", "stale_happo", "joint", "resample_every_k"] = "intermediate"
+    prefix_reuse: bool = False
+    resample_every: int = 2
+    order: Literal["fixed", "reversed", "random"] = "fixed"
+    fixed_order: tuple[int, ...] | None = None
+    prompts_per_stage: int = 8
+    group_size: int = 4
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    certificate: CertificateConfig | None = field(default_factory=CertificateConfig)
+    is_log_ratio_clip: float = 20.0
+
+    def __post_init__(self) -> None:
+        for name, cls in (("advantage", AdvantageConfig), ("update", UpdateConfig), ("certificate", CertificateConfig)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, cls(**value))
+            elif not (isinstance(value, cls) or (name == "certificate" and value is None)):
+                raise ValueError(f"StageConfig.{name} must be a {cls.__name__} (or a dict of its fields), got {value!r}")
+        if self.fixed_order is not None:
+            object.__setattr__(self, "fixed_order", tuple(int(x) for x in self.fixed_order))
+        if self.mode not in MODES:
+            raise ValueError(f"StageConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if self.prefix_reuse and self.mode != "intermediate":
+            raise ValueError(f"StageConfig.prefix_reuse needs mode='intermediate', got mode={self.mode!r}")
+        if not (isinstance(self.resample_every, int) and self.resample_every >= 1):
+            raise ValueError(f"StageConfig.resample_every must be an int >= 1, got {self.resample_every!r}")
+        if self.order not in ORDERS:
+            raise ValueError(f"StageConfig.order must be one of {ORDERS}, got {self.order!r}")
+        if self.fixed_order is not None and sorted(self.fixed_order) != list(range(len(self.fixed_order))):
+            raise ValueError(f"StageConfig.fixed_order must be a permutation of 0..N-1, got {self.fixed_order}")
+        if not (isinstance(self.prompts_per_stage, int) and self.prompts_per_stage >= 1):
+            raise ValueError(f"StageConfig.prompts_per_stage must be an int >= 1, got {self.prompts_per_stage!r}")
+        if not (isinstance(self.group_size, int) and self.group_size >= 1):
+            raise ValueError(f"StageConfig.group_size must be an int >= 1, got {self.group_size!r}")
+        if self.group_size == 1 and self.advantage.normalization != "none":
+            raise ValueError(
+                f"StageConfig.group_size must be >= 2 with advantage.normalization="
+                f"{self.advantage.normalization!r} (a group of one has advantage 0); use normalization='none'"
+            )
+        if self.certificate is not None and self.certificate.a_max is None and math.isinf(self.advantage.a_clip):
+            raise ValueError(
+                "StageConfig.certificate.a_max must be set when advantage.a_clip is infinite (A_max defaults to A_clip)"
+            )
+        if not (self.is_log_ratio_clip > 0):
+            raise ValueError(f"StageConfig.is_log_ratio_clip must be > 0, got {self.is_log_ratio_clip}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Resolved config as plain nested dicts (for saving next to results)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StageConfig":
+        """Build from a (YAML) mapping; unknown keys raise ValueError naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"StageConfig: unknown field(s) {unknown}")
+        return cls(**d)
+
+
+@dataclass
+class StageReport:
+    """What a stage did (plain numbers; :meth:`to_dict` gives floats for JSONL).
+
+    - ``stage``: the caller's stage counter; ``order``: sigma as agent ids.
+    - ``updates``: one :class:`UpdateReport` per agent, in update order (an agent without messages in
+      its batch gets a report with ``n_messages=0`` and no certificate).
+    - ``sample_calls``, ``resample_calls``: rollout calls made; ``trajectories_generated`` and
+      ``tokens_generated``: their cost (reused prefixes excluded).
+    - ``betas``: per-agent KL coefficients at the end of the stage (indexed by agent id); pass them
+      to the next ``run_stage``.
+    - ``batch_mean_returns``: mean trajectory return of each batch sampled in the stage (the first is
+      an estimate of J(pi_cur)).
+    - ``certificate``: per-stage sums of the updates' certificate terms (empty without certificate).
+    """
+
+    stage: int
+    order: list[int]
+    updates: list[UpdateReport]
+    sample_calls: int
+    resample_calls: int
+    trajectories_generated: int
+    tokens_generated: int
+    betas: list[float]
+    batch_mean_returns: list[float]
+    certificate: dict[str, float]
+
+    def to_dict(self) -> dict[str, float]:
+        """Flat dict of floats: ``stage/<name>``, ``stage/order/<i>``, ``stage/cert/<sum_...>``,
+        ``stage/beta/<j>`` and every update's ``agent{j}/<name>``."""
+        out: dict[str, float] = {
+            "stage/stage": float(self.stage),
+            "stage/sample_calls": float(self.sample_calls),
+            "stage/resample_calls": float(self.resample_calls),
+            "stage/trajectories_generated": float(self.trajectories_generated),
+            "stage/tokens_generated": float(self.tokens_generated),
+            "stage/n_rejected": float(sum(u.n_rejected for u in self.updates)),
+        }
+        out.update({f"stage/order/{i}": float(j) for i, j in enumerate(self.order)})
+        out.update({f"stage/beta/{j}": float(b) for j, b in enumerate(self.betas)})
+        out.update({f"stage/batch_mean_return/{i}": float(r) for i, r in enumerate(self.batch_mean_returns)})
+        out.update({f"stage/cert/{k}": float(v) for k, v in self.certificate.items()})
+        for u in self.updates:
+            out.update(u.to_dict(prefix=True))
+        return out
+
+
+# ---------------------------------------------------------------------------- helpers
+def stage_order(config: StageConfig, n_agents: int, rng: np.random.Generator) -> list[int]:
+    """The update order sigma of one stage (agent ids)."""
+    base = list(config.fixed_order) if config.fixed_order is not None else list(range(n_agents))
+    if len(base) != n_agents:
+        raise ValueError(f"StageConfig.fixed_order has {len(base)} entries for a team of {n_agents} agents")
+    if config.order == "fixed":
+        return base
+    if config.order == "reversed":
+        return base[::-1]
+    return [int(x) for x in rng.permutation(n_agents)]
+
+
+def _needs_fresh(config: StageConfig, i: int) -> bool:
+    if config.mode == "intermediate":
+        return True
+    if config.mode == "resample_every_k":
+        return i % config.resample_every == 0
+    return i == 0
+
+
+def mean_trajectory_return(batch: MessageBatch) -> float:
+    """Mean over the batch's trajectories of their return (each trajectory counted once)."""
+    ids, inv = torch.unique(batch.trajectory, return_inverse=True)
+    ret = torch.zeros(ids.numel(), dtype=torch.float64).index_put_((inv,), batch.returns.to(torch.float64))
+    return float(ret.mean()) if ids.numel() else math.nan
+
+
+def updated_agents_log_rho(team: Sequence[AgentPolicy], batch: MessageBatch, agents: Sequence[int],
+                           chunk: int | None = None) -> Tensor:
+    """log rho_t (M,) per message: for messages of ``agents`` the token-summed log-ratio of the
+    agent's current policy over the batch's behaviour log-probs, 0 for every other message."""
+    out = torch.zeros(len(batch), dtype=torch.float64)
+    for k in agents:
+        own = batch.agent == k
+        if not bool(own.any()):
+            continue
+        sub = batch.select(own)
+        logp = eval_log_probs(team[k], sub, chunk)
+        out[own] = per_message(logp.to(torch.float64) - sub.behaviour_logp.to(torch.float64), sub.mask).to(torch.float64)
+    return out
+
+
+def trajectory_weights(batch: MessageBatch, log_rho: Tensor, truncate: bool, clip: float) -> Tensor:
+    """Per-message weight (M,) of its trajectory: rho(tau) = exp(sum of the trajectory's log rho_t)
+    (clamped at +-``clip``), truncated to min(1, rho) when ``truncate`` (SAT) or not (HAPPO)."""
+    _, inv = torch.unique(batch.trajectory, return_inverse=True)
+    k = int(inv.max()) + 1 if len(batch) else 0
+    total = torch.zeros(k, dtype=torch.float64).index_add_(0, inv, log_rho.to(torch.float64))
+    rho = torch.exp(total.clamp(-clip, clip))
+    if truncate:
+        rho = rho.clamp(max=1.0)
+    return rho[inv].to(torch.float32)
+
+
+def _generated_cost(batch: MessageBatch) -> tuple[int, int]:
+    trajs = int(torch.unique(batch.trajectory[batch.generated]).numel())
+    return trajs, batch.num_generated_tokens
+
+
+# ---------------------------------------------------------------------------- the stage
+def run_stage(
+    team: Sequence[AgentPolicy],
+    optimizers: Sequence[torch.optim.Optimizer],
+    sampler: Sampler,
+    prompt_source: Callable[[int], Sequence[Any]],
+    config: StageConfig,
+    rng: np.random.Generator,
+    *,
+    betas: Sequence[float] | None = None,
+    stage: int = 0,
+) -> StageReport:
+    """Run one stage (see the module docstring) and return its :class:`StageReport`.
+
+    Args:
+        team: agents, ``team[j].agent_id == j``.
+        optimizers: one per agent, holding only that agent's parameters.
+        sampler: ``sample(team, prompts, group_size) -> MessageBatch``; with prefix reuse also
+            ``resample_from(team, batch, agent=...)``.
+        prompt_source: ``prompt_source(n) -> n prompts``; called once per stage.
+        rng: numpy Generator for the random order and minibatch shuffling.
+        betas: per-agent KL coefficients to start from (None: ``config.update.beta`` for all).
+        stage: a counter copied into the reports.
+    """
+    n = len(team)
+    if n == 0:
+        raise ValueError("run_stage needs a team of at least one agent")
+    for j, agent in enumerate(team):
+        if agent.agent_id != j:
+            raise ValueError(f"team[{j}].agent_id must be {j}, got {agent.agent_id}")
+    if len(optimizers) != n:
+        raise ValueError(f"run_stage needs one optimizer per agent: {n} agents, {len(optimizers)} optimizers")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"run_stage: rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if config.prefix_reuse and not callable(getattr(sampler, "resample_from", None)):
+        raise ValueError("StageConfig.prefix_reuse needs a sampler with resample_from(team, batch, agent)")
+    betas_now = [float(config.update.beta)] * n if betas is None else [float(b) for b in betas]
+    if len(betas_now) != n:
+        raise ValueError(f"run_stage: betas must have one entry per agent ({n}), got {len(betas_now)}")
+
+    order = stage_order(config, n, rng)
+    prompts = list(prompt_source(config.prompts_per_stage))
+    if not prompts:
+        raise ValueError("prompt_source returned no prompts")
+
+    batch: MessageBatch | None = None
+    batch_start = 0  # index i at which the current batch was sampled
+    sample_calls = resample_calls = 0
+    total_traj = total_tok = 0
+    returns: list[float] = []
+    updates: list[UpdateReport] = []
+    for i, j in enumerate(order):
+        gen_traj = gen_tok = 0
+        if batch is None or _needs_fresh(config, i):
+            if config.prefix_reuse and batch is not None:
+                batch = sampler.resample_from(team, batch, agent=order[i - 1])
+                resample_calls += 1
+            else:
+                batch = sampler.sample(team, prompts, config.group_size)
+                sample_calls += 1
+            if not isinstance(batch, MessageBatch):
+                raise TypeError(f"sampler must return a MessageBatch, got {type(batch).__name__}")
+            batch_start = i
+            gen_traj, gen_tok = _generated_cost(batch)
+            total_traj += gen_traj
+            total_tok += gen_tok
+            returns.append(mean_trajectory_return(batch))
+
+        own = batch.agent == j
+        if not bool(own.any()):
+            updates.append(UpdateReport(agent=j, position=i, stage=stage, trajectories_generated=gen_traj,
+                                        tokens_generated=gen_tok, beta_start=betas_now[j], beta_end=betas_now[j],
+                                        delta=config.update.delta))
+            continue
+
+        # agents already updated since this batch was sampled (only the stale families reweight)
+        weights = None
+        log_rho = None
+        if config.mode in ("stale_is", "stale_happo"):
+            log_rho = updated_agents_log_rho(team, batch, order[batch_start:i], config.update.eval_batch_size)
+            if config.mode == "stale_happo" or config.advantage.estimator == "group":
+                weights = trajectory_weights(batch, log_rho, truncate=config.mode == "stale_is",
+                                             clip=config.is_log_ratio_clip)[own]
+                log_rho = None
+        adv = compute_advantages(batch, j, config.advantage, log_rho=log_rho).select(own)
+        report = update_agent(
+            team[j],
+            optimizers[j],
+            batch.select(own),
+            adv,
+            config.update,
+            beta=betas_now[j],
+            weights=weights,
+            rng=rng,
+            certificate=config.certificate,
+            a_max=config.advantage.a_clip,
+            n_agents=n,
+            position=i,
+            stage=stage,
+        )
+        report.trajectories_generated = gen_traj
+        report.tokens_generated = gen_tok
+        betas_now[j] = report.beta_end
+        updates.append(report)
+
+    certs = [u.certificate for u in updates if u.certificate is not None]
+    return StageReport(
+        stage=stage,
+        order=order,
+        updates=updates,
+        sample_calls=sample_calls,
+        resample_calls=resample_calls,
+        trajectories_generated=total_traj,
+        tokens_generated=total_tok,
+        betas=betas_now,
+        batch_mean_returns=returns,
+        certificate=stage_certificate(certs) if certs else {},
+    )
