@@ -1,0 +1,1 @@
+"""Runnable studies: each writes results/<name>/ (JSON + CSV) and prints a summary."""

@@ -1,6 +1,8 @@
 """Speed of the exact team engine versus a flattened joint-action MDP.
 
     python -m experiments.bench_exact [--family board] [--rounds 1 4] [--ns 2 4 8 16 32]
+    python -m experiments.bench_exact --family layered --param n_env=10 --param n_context=100 \
+        --rounds 1 --out results/bench_exact_layered
 
 For every N it builds the family instance, a random team (``initial_policy``) and times
 - the engine: ``occupancy.exact.evaluate`` (V, Q, A, d, J) with the automatic method (dense LU up
@@ -55,6 +57,7 @@ class BenchConfig:
     budget_s: float = 0.5
     max_bytes: float = 2e9
     out: str = "results/bench_exact"
+    params: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -117,11 +120,16 @@ def joint_evaluate(mdp: TeamMDP, comp: np.ndarray, t_joint: np.ndarray, r_joint:
     return v, q, d, float(np.asarray(mdp.initial) @ v)
 
 
+def _params(cfg: BenchConfig) -> dict:
+    """Family parameters from ``--param name=value`` (ints stay ints)."""
+    return {k: int(v) if float(v).is_integer() else float(v) for k, v in cfg.params}
+
+
 def run(cfg: BenchConfig) -> list[dict]:
     rows = []
     for rounds in cfg.rounds:
         for n in cfg.ns:
-            mdp = make_family(cfg.family, n, seed=cfg.seed, rounds=rounds, gamma=cfg.gamma)
+            mdp = make_family(cfg.family, n, seed=cfg.seed, rounds=rounds, gamma=cfg.gamma, **_params(cfg))
             pi = initial_policy(mdp, seed=cfg.seed + 1)
             s, a = mdp.n_states, mdp.n_actions
             j_engine = evaluate(mdp, pi).J
@@ -189,12 +197,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--budget-s", type=float, default=d.budget_s)
     ap.add_argument("--max-bytes", type=float, default=d.max_bytes)
     ap.add_argument("--out", default=d.out)
+    ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="family parameter, e.g. --param n_context=100 (repeatable)")
     args = ap.parse_args(argv)
+    try:
+        params = tuple((k, float(v)) for k, v in (item.split("=", 1) for item in args.param))
+    except ValueError as exc:
+        raise SystemExit(f"--param expects NAME=VALUE with a numeric value: {exc}")
     cfg = BenchConfig(
         family=args.family, ns=tuple(args.ns), rounds=tuple(args.rounds), gamma=args.gamma, seed=args.seed,
-        budget_s=args.budget_s, max_bytes=args.max_bytes, out=args.out,
+        budget_s=args.budget_s, max_bytes=args.max_bytes, out=args.out, params=params,
     )
-    print(f"exact evaluations per second, family={cfg.family}, gamma={cfg.gamma} (R = rounds; ratio = engine/joint)")
+    print(
+        f"exact evaluations per second, family={cfg.family} {dict(cfg.params)}, gamma={cfg.gamma} "
+        "(R = rounds; engine = auto method, sparse = sparse LU forced; ratio = engine/joint)"
+    )
     print(_HEADER)
     rows = run(cfg)
     exp_auto = growth_exponent(rows, "engine_evals_per_s")

@@ -314,7 +314,12 @@ def main(argv: list[str] | None = None) -> int:
             kinds[spec.direction] = kinds.get(spec.direction, 0) + 1
             for c in inst:
                 key = B.bound_key(c)
-                row = rows.setdefault(key, {"slack": [], "tightness": [], "violated": []})
+                row = rows.setdefault(key, {"slack": [], "tightness": [], "violated": [], "truth": [], "bound": [],
+                                            "surrogate": [], "penalty": []})
+                row["truth"].append(c.truth)
+                row["bound"].append(c.bound)
+                row["surrogate"].append(c.surrogate)
+                row["penalty"].append(c.penalty)
                 row["slack"].append(c.slack)
                 row["tightness"].append(c.tightness)
                 row["violated"].append(c.violated())
@@ -337,14 +342,20 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(out / "summary.csv", [{"bound": k, **v} for k, v in table.items()])
     write_json(out / "worst.json", {k: {"tightness": v[0], "instance": asdict(v[1]), "check": asdict(v[2])} for k, v in worst.items()})
     rng = np.random.default_rng(0)
-    samples = {}
+    samples, pairs = {}, {}
     for key, row in rows.items():
         t = np.asarray(row["tightness"], dtype=float)
         t = t[np.isfinite(t)]
         samples[key] = rng.permutation(t)[:5000]
+        truth, bound = np.asarray(row["truth"], dtype=float), np.asarray(row["bound"], dtype=float)
+        keep = np.flatnonzero(np.isfinite(truth) & np.isfinite(bound))
+        pick = rng.permutation(keep)[:3000]
+        pairs[key] = {name: np.asarray(row[name], dtype=float)[pick] for name in ("truth", "bound", "surrogate", "penalty")}
     write_json(out / "tightness_samples.json", {
-        "note": "finite tightness values per bound, random subsample of <= 5000 each (for figures)",
+        "note": "per bound: finite tightness values (random subsample <= 5000) and (truth, bound, surrogate, "
+                "penalty) of a random subsample of <= 3000 checks, for figures",
         "by_bound": samples,
+        "pairs": pairs,
     })
 
     print(format_table(table))

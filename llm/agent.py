@@ -60,7 +60,10 @@ class LLMAgent(torch.nn.Module):
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.gradient_checkpointing = gradient_checkpointing
         if gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(self.model, "activation_checkpointing_enable"):  # newer transformers name
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(self.model, "enable_input_require_grads"):
                 self.model.enable_input_require_grads()
         self.model.eval()

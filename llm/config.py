@@ -291,6 +291,16 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     return _build(RunConfig, data, "config")
 
 
+def team_config_from_dict(data: dict[str, Any]) -> TeamConfig:
+    """A validated :class:`TeamConfig` from the ``team:`` section alone (used by evaluation)."""
+    return config_from_dict({"team": data, "task": {"kind": "jsonl", "path": "-"}}).team
+
+
+def sampling_from_dict(data: dict[str, Any] | None) -> SamplingSection:
+    """A validated :class:`SamplingSection` from the ``sampling:`` section alone."""
+    return _build(SamplingSection, data, "sampling")
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read a YAML file into a validated :class:`RunConfig`."""
     path = Path(path)

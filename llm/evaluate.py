@@ -362,12 +362,19 @@ def sample_result(kind: str, g: dict[str, Any]) -> SampleResult:
 
 def best_of_samples(per_agent: Sequence[Sequence[SampleResult]]) -> list[SampleResult]:
     """Sample s = the best of the agents' sample s (per_agent: n lists of K)."""
+    return best_of_with_winners(per_agent)[0]
+
+
+def best_of_with_winners(per_agent: Sequence[Sequence[SampleResult]]) -> tuple[list[SampleResult], list[int | None]]:
+    """:func:`best_of_samples` and, per sample, the index of the (first) best agent."""
     k = len(per_agent[0])
-    out = []
+    out, winners = [], []
     for s in range(k):
-        best = max((a[s] for a in per_agent), key=lambda r: (r.score, r.parsed))
+        j = max(range(len(per_agent)), key=lambda a: (per_agent[a][s].score, per_agent[a][s].parsed, -a))
+        best = per_agent[j][s]
         out.append(SampleResult(best.score, any(a[s].parsed for a in per_agent), best.answer_key))
-    return out
+        winners.append(j)
+    return out, winners
 
 
 def majority_samples(per_agent: Sequence[Sequence[SampleResult]]) -> tuple[list[SampleResult], list[int | None]]:
@@ -578,11 +585,13 @@ def _run_benchmark(b: BenchmarkEntry, items: list[Problem], grader: Callable[[st
                 ]
         per_agent_results = [[run.results[f"single/{n}"][i] for n in names] for i in range(len(items))]
         if "best_of" in ev.protocols:
-            run.results["best_of"] = [best_of_samples(pa) for pa in per_agent_results]
+            best = [best_of_with_winners(pa) for pa in per_agent_results]
+            run.results["best_of"] = [b[0] for b in best]
+            _write_derived(trace_dir / "best_of.jsonl", "best_of", items, k, best, names)
         if "majority" in ev.protocols:
             maj = [majority_samples(pa) for pa in per_agent_results]
             run.results["majority"] = [m[0] for m in maj]
-            _write_derived(trace_dir / "majority.jsonl", items, k, maj, names)
+            _write_derived(trace_dir / "majority.jsonl", "majority", items, k, maj, names)
 
     if "chain" in ev.protocols:
         path = trace_dir / "chain.jsonl"
@@ -615,15 +624,16 @@ def _run_benchmark(b: BenchmarkEntry, items: list[Problem], grader: Callable[[st
     return run
 
 
-def _write_derived(path: Path, items: list[Problem], k: int, maj: list[tuple[list[SampleResult], list[int | None]]],
-                   names: list[str]) -> None:
-    """Majority-vote traces (rewritten each run; derived from single.jsonl)."""
+def _write_derived(path: Path, protocol: str, items: list[Problem], k: int,
+                   rows: list[tuple[list[SampleResult], list[int | None]]], names: list[str]) -> None:
+    """best_of / majority traces (rewritten each run; derived from single.jsonl): per sample the
+    chosen agent (its message is in single.jsonl), the answer key and the grade."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as fh:
-        for p, (samples, winners) in zip(items, maj):
-            rec = _base_record(p, "majority", k, names)
+        for p, (samples, winners) in zip(items, rows):
+            rec = _base_record(p, protocol, k, names)
             rec["samples"] = [
-                {"sample": s, "voted_agent": None if w is None else names[w], "answer_key": r.answer_key,
+                {"sample": s, "chosen_agent": None if w is None else names[w], "answer_key": r.answer_key,
                  "score": r.score, "parsed": r.parsed, "source": "single.jsonl"}
                 for s, (r, w) in enumerate(zip(samples, winners))
             ]

@@ -6,13 +6,18 @@ the :class:`llm.rewards.base.Grader` interface ``grader(response, problem) -> Gr
 - ``kind: reasoning_gym``: ``names`` lists reasoning-gym datasets (e.g. basic_arithmetic,
   zebra_puzzles, knights_knaves); ``size`` items of each, seeded. Graded by the dataset's own
   ``score_answer`` on the answer extracted from the response.
-- ``kind: jsonl``: one JSON object per line with a prompt field and an answer field. Graded by a
-  small grader chosen by ``answer_kind``: ``integer`` (exact integer match) or ``exact``
-  (normalised string match). Full math graders (math-verify) live in ``llm/rewards``.
+- ``kind: jsonl``: one JSON object per line with a prompt field and an answer field. Graded by the
+  grader of ``answer_kind``: any kind registered in :mod:`llm.rewards` (``integer``, ``math``
+  (math-verify), ``zebra``, ...) via ``llm.rewards.get_grader``; ``exact`` (normalised string match)
+  and, if the registry is unavailable, ``integer`` fall back to the small graders of this module.
 
 Answer extraction (:func:`extract_final_answer`): the last line that starts with "Answer:", else
 the last ``<answer>...</answer>`` block, else the last ``\\boxed{...}``. A response with none of
 them is graded 0 with ``parsed=False``.
+
+``contamination_policy`` (warn | error | off): :func:`llm.train` checks the training problems against
+the evaluation benchmarks it can find (``llm.contamination.check_against_benchmarks``) before any
+model is loaded; ``error`` refuses to train on overlapping problems.
 
 :class:`PromptSource` draws each stage's prompts without replacement (a seeded permutation per
 epoch) and has a state that the run's cursor saves for resuming.
@@ -31,7 +36,17 @@ import numpy as np
 from llm.rewards.base import Grade, Problem
 
 TASK_KINDS = ("reasoning_gym", "jsonl")
-ANSWER_KINDS = ("integer", "exact")
+CONTAMINATION_POLICIES = ("warn", "error", "off")
+LOCAL_ANSWER_KINDS = ("integer", "exact")
+
+
+def answer_kinds() -> tuple[str, ...]:
+    """Allowed ``answer_kind`` values: ours plus every kind registered in :mod:`llm.rewards`."""
+    try:
+        from llm.rewards import grader_kinds
+    except ImportError:  # pragma: no cover - llm.rewards is part of the package
+        return LOCAL_ANSWER_KINDS
+    return tuple(sorted(set(LOCAL_ANSWER_KINDS) | set(grader_kinds())))
 
 
 class TaskError(ValueError):
@@ -53,8 +68,12 @@ class TaskConfig:
     id_field: str | None = None
     answer_kind: str = "integer"
     limit: int | None = None
+    contamination_policy: str = "warn"
 
     def __post_init__(self) -> None:
+        if self.contamination_policy not in CONTAMINATION_POLICIES:
+            raise TaskError(f"task.contamination_policy must be one of {CONTAMINATION_POLICIES}, "
+                            f"got {self.contamination_policy!r}")
         if self.kind not in TASK_KINDS:
             raise TaskError(f"task.kind must be one of {TASK_KINDS}, got {self.kind!r}")
         object.__setattr__(self, "names", tuple(self.names))
@@ -69,8 +88,8 @@ class TaskConfig:
         else:
             if not self.path:
                 raise TaskError("task.path is required when task.kind is 'jsonl'")
-            if self.answer_kind not in ANSWER_KINDS:
-                raise TaskError(f"task.answer_kind must be one of {ANSWER_KINDS}, got {self.answer_kind!r}")
+            if self.answer_kind not in answer_kinds():
+                raise TaskError(f"task.answer_kind must be one of {answer_kinds()}, got {self.answer_kind!r}")
         if self.limit is not None and self.limit < 1:
             raise TaskError(f"task.limit must be >= 1 or null, got {self.limit}")
 
@@ -226,13 +245,22 @@ def read_jsonl_problems(config: TaskConfig) -> list[Problem]:
     return problems
 
 
+def _jsonl_grader(config: TaskConfig) -> Callable[[str, Problem], Grade]:
+    if config.answer_kind == "exact":
+        return grade_exact
+    try:
+        from llm.rewards import get_grader
+    except ImportError:  # pragma: no cover
+        return grade_integer
+    return get_grader(config.answer_kind)
+
+
 def load_task(config: TaskConfig) -> Task:
     """Build the task: all problems in memory plus the grader."""
     if config.kind == "reasoning_gym":
         task = _reasoning_gym_task(config)
     else:
-        graders = {"integer": grade_integer, "exact": grade_exact}
-        task = Task(read_jsonl_problems(config), KindGrader(graders), config)
+        task = Task(read_jsonl_problems(config), KindGrader({config.answer_kind: _jsonl_grader(config)}), config)
     if config.limit is not None:
         task.problems = task.problems[: config.limit]
     return task

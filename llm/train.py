@@ -211,6 +211,13 @@ class Trainer:
             self.task: Task = load_task(config.task)
         except TaskError as err:
             raise ConfigError(str(err)) from err
+        if config.task.contamination_policy != "off":
+            from llm.contamination import ContaminationError, check_against_benchmarks
+
+            try:
+                check_against_benchmarks(self.task.problems, policy=config.task.contamination_policy)
+            except ContaminationError as err:
+                raise ConfigError(f"task: training problems overlap evaluation benchmarks: {err}") from err
         ids = [p.id for p in self.task.problems]
         if len(set(ids)) != len(ids):
             raise ConfigError("task: problem ids are not unique (set task.id_field to a unique column)")

@@ -41,10 +41,19 @@ Families (``FAMILIES``):
   ``noise`` fraction is replaced by a uniform action); reward W_t[s](c, a) ~ U(0, 1) / N depends on
   the pair (a_{t-1}, a_t) only. Upstream influence decays along the chain.
 
+- ``"agree"``: pairwise agreement, context = number of recorded yes votes in [0, N]; actions
+  0 no, 1 yes; agent t earns ``per_pair`` for every earlier agent whose recorded vote equals its
+  own (per_pair = 1/N for ``scale="agent"``, 1 for "pair", 2/N^2 for "round"). Every pair of agents
+  interacts (a dense Hessian of J in the agents' policies), so the stale penalty grows with the
+  number of pairs: measured with per-state KL steps, about N^2 when A_max grows like N
+  (scale="pair") and about N^1 at fixed A_max (scale="agent"). With bounded per-agent rewards
+  and non-degenerate policies, pairwise interaction strengths are limited (a Parseval argument
+  on the Walsh coefficients of the return), which is why board and vote grow more slowly.
+
 Environment step between rounds: for board and vote a curriculum driven by the outcome (success:
 s -> s + 1, failure: s -> s - 1, clipped; with probability ``env_noise`` a uniform s'), so that
 actions change the environment-state distribution when gamma > 0; for layered and chain a random
-kernel E(s' | s, c_final).
+kernel E(s' | s, c_final) (also for agree).
 
 API (kept stable; the theory-verification code depends on it):
     make_family(name, n_agents, *, seed, rounds=1, gamma=0.95, **params) -> TeamMDP
@@ -63,7 +72,7 @@ import scipy.sparse as sp
 
 from occupancy.mdp import TeamMDP
 
-FAMILIES: tuple[str, ...] = ("layered", "board", "vote", "chain")
+FAMILIES: tuple[str, ...] = ("layered", "board", "vote", "chain", "agree")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +174,28 @@ class ChainParams:
         _check(self.env_concentration > 0, "chain", "env_concentration", f"must be > 0, got {self.env_concentration}")
 
 
-_PARAMS: dict[str, type] = {"layered": LayeredParams, "board": BoardParams, "vote": VoteParams, "chain": ChainParams}
+@dataclass(frozen=True)
+class AgreeParams:
+    """n_env E >= 1 (default 1 for one round, 2 otherwise); scale in {"agent", "pair", "round"}:
+    reward per agreeing pair 1/N ("agent": each agent earns <= 1, A_max = O(1)), 1 ("pair": A_max
+    grows like N) or 2/N^2 ("round": a round pays <= 1); flip in [0, 0.5]: mis-recording
+    probability of a vote; env_concentration > 0."""
+
+    n_env: int | None = None
+    scale: str = "agent"
+    flip: float = 0.0
+    env_concentration: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.n_env is None or int(self.n_env) >= 1, "agree", "n_env", f"must be >= 1, got {self.n_env}")
+        _check(self.scale in ("agent", "pair", "round"), "agree", "scale", f"must be 'agent', 'pair' or 'round', got {self.scale!r}")
+        _check(0 <= self.flip <= 0.5, "agree", "flip", f"must be in [0, 0.5], got {self.flip}")
+        _check(self.env_concentration > 0, "agree", "env_concentration", f"must be > 0, got {self.env_concentration}")
+
+
+_PARAMS: dict[str, type] = {
+    "layered": LayeredParams, "board": BoardParams, "vote": VoteParams, "chain": ChainParams, "agree": AgreeParams,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,20 +430,41 @@ def _chain(n: int, rng: np.random.Generator, rounds: int, p: ChainParams) -> _Sp
     return _Spec(next_ctx, next_p, reward, np.zeros((e, c)), env_next, np.zeros(e, dtype=np.int64))
 
 
-_BUILDERS: dict[str, Callable[..., _Spec]] = {"layered": _layered, "board": _board, "vote": _vote, "chain": _chain}
+def _agree(n: int, rng: np.random.Generator, rounds: int, p: AgreeParams) -> _Spec:
+    e = _n_env_default(p.n_env, rounds, 2)
+    c, a = n + 1, 2
+    counts = np.arange(c)
+    next_ctx = np.zeros((n, e, c, a, 2), dtype=np.int64)
+    next_ctx[..., 0] = counts[None, None, :, None]
+    next_ctx[..., 1] = np.minimum(counts + 1, n)[None, None, :, None]
+    next_p = np.zeros((n, e, c, a, 2))
+    next_p[:, :, :, 0] = [1 - p.flip, p.flip]
+    next_p[:, :, :, 1] = [p.flip, 1 - p.flip]
+    per_pair = {"agent": 1.0 / n, "pair": 1.0, "round": 2.0 / n**2}[p.scale]
+    turn = np.arange(n)[:, None, None]
+    reward = np.zeros((n, e, c, a))
+    reward[..., 1] = per_pair * np.broadcast_to(counts[None, None, :], (n, e, c))  # agree with earlier yes votes
+    reward[..., 0] = per_pair * np.maximum(turn - counts[None, None, :], 0)  # agree with earlier no votes
+    env_next = rng.dirichlet(np.full(e, p.env_concentration), size=(e, c))
+    return _Spec(next_ctx, next_p, reward, np.zeros((e, c)), env_next, np.zeros(e, dtype=np.int64))
+
+
+_BUILDERS: dict[str, Callable[..., _Spec]] = {
+    "layered": _layered, "board": _board, "vote": _vote, "chain": _chain, "agree": _agree,
+}
 
 
 def make_family(name: str, n_agents: int, *, seed: int, rounds: int = 1, gamma: float = 0.95, **params: Any) -> TeamMDP:
     """A seeded instance of family ``name`` (one of ``FAMILIES``) with ``n_agents`` agents.
 
     Args:
-        name: "layered", "board", "vote" or "chain" (see the module docstring).
+        name: "layered", "board", "vote", "chain" or "agree" (see the module docstring).
         n_agents: N >= 1 (agent t acts at turn t of every round).
         seed: seeds every random draw of the instance.
         rounds: 1 (one round then terminal), R > 1 (R rounds then terminal) or 0 (continuing).
         gamma: per-turn discount in [0, 1).
         **params: fields of the family's parameter dataclass (LayeredParams, BoardParams,
-            VoteParams, ChainParams); unknown names raise ValueError.
+            VoteParams, ChainParams, AgreeParams); unknown names raise ValueError.
 
     Returns:
         TeamMDP with ``turn`` set and ``info`` = {"family", "params", "seed", "n_env",
@@ -455,5 +506,5 @@ def initial_policy(mdp: TeamMDP, seed: int, temperature: float = 1.0) -> np.ndar
 
 __all__ = [
     "FAMILIES", "make_family", "initial_policy", "decode_states",
-    "LayeredParams", "BoardParams", "VoteParams", "ChainParams",
+    "LayeredParams", "BoardParams", "VoteParams", "ChainParams", "AgreeParams",
 ]

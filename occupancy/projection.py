@@ -332,6 +332,7 @@ def trust_region_stage(
     convention: Convention = "reverse",
     weighting: Weighting = "team",
     sign: float = 1.0,
+    method: str = "auto",
 ) -> tuple[list[np.ndarray], list[StepResult]]:
     """Run one stage of KL-ball steps and return the new policies (for ``evaluate_stage``).
 
@@ -349,6 +350,7 @@ def trust_region_stage(
         pi_cur: team policy (S, A) at the stage start.
         order: the update order sigma (agent ids).
         delta: a float (every update) or a sequence, one radius per update.
+        method: linear-solver choice passed to :func:`occupancy.exact.evaluate`.
 
     Returns:
         (new_policies, steps): ``new_policies[j]`` a team-shaped (S, A) array whose X_j rows are
@@ -361,14 +363,14 @@ def trust_region_stage(
     if len(deltas) != len(order):
         raise ValueError(f"delta needs one radius per update ({len(order)}), got {len(deltas)}")
     pi_cur = mdp.check_policy(pi_cur, "pi_cur")
-    e0 = evaluate(mdp, pi_cur, check=False)
+    e0 = evaluate(mdp, pi_cur, method=method, check=False)
     team = pi_cur.copy()
     new_policies = [pi_cur.copy() for _ in range(mdp.n_agents)]
     steps: list[StepResult] = []
     prev = e0
     for i, agent in enumerate(order, start=1):
         if i > 1:
-            prev = evaluate(mdp, team, check=False)
+            prev = evaluate(mdp, team, method=method, check=False)
         if callable(direction):
             d_dir = np.asarray(direction(i, agent, prev, e0), dtype=np.float64)
         elif direction == "intermediate":

@@ -134,3 +134,36 @@ def tiny_llama_dir(tiny_model_dirs) -> Path:
 @pytest.fixture(scope="session")
 def tiny_no_template_dir(tiny_model_dirs) -> Path:
     return tiny_model_dirs["tiny_no_template"]
+
+
+def tiny_run_config(dirs: dict[str, Path], output_dir: Path | str, **train: object) -> dict:
+    """A run config (plain dict, as parsed from YAML) for a 3-agent heterogeneous tiny team:
+    two tiny Qwen3 agents and one tiny Llama agent, 6 new tokens per turn, basic arithmetic.
+    ``train`` overrides keys of the ``train`` section."""
+    agent = dict(max_new_tokens=6, micro_batch_size=4, optimizer={"lr": 1e-2, "weight_decay": 0.0})
+    cfg = {
+        "team": {
+            "agents": [
+                {"name": "solver", "model": str(dirs["tiny_qwen3"]), "system_prompt": "You are a solver.", **agent},
+                {"name": "critic", "model": str(dirs["tiny_llama"]), "system_prompt": "You are a critic.", **agent},
+                {"name": "judge", "model": str(dirs["tiny_qwen3"]), **agent},
+            ],
+            "router": {"kind": "fixed", "rounds": 1},
+        },
+        "task": {"kind": "reasoning_gym", "names": ["basic_arithmetic"], "size": 16, "seed": 0,
+                 "contamination_policy": "off"},
+        "sampling": {"temperature": 1.0, "top_p": 1.0, "batch_size": 8},
+        "train": {"stages": 2, "prompts_per_stage": 2, "group_size": 2, "mode": "intermediate", "seed": 0,
+                  "update": {"epochs": 1, "delta": 0.05, "beta": 0.001, "max_backtracks": 3}},
+        "output_dir": str(output_dir),
+        "progress": False,
+    }
+    cfg["train"].update(train)
+    return cfg
+
+
+def parity_grader(response: str, problem) -> "Grade":
+    """A grader with reward variance for random tiny models: 1 if the response has an even length."""
+    from llm.rewards.base import Grade
+
+    return Grade(float(len(response) % 2 == 0), True, response[-8:])

@@ -158,7 +158,10 @@ def test_end_to_end_tiny_team_and_resume(tmp_path: Path, tiny_team, tiny_qwen3_d
         assert {"extracted", "score", "parsed", "info"} <= set(sample)
     single = read_traces(tmp_path / "traces" / "aime2024" / "single.jsonl")
     assert [a["agent"] for a in single["aime2024-I-2"]["agents"]] == ["solver", "critic"]
-    assert (tmp_path / "traces" / "aime2024" / "majority.jsonl").is_file()
+    majority = read_traces(tmp_path / "traces" / "aime2024" / "majority.jsonl")
+    best = read_traces(tmp_path / "traces" / "aime2024" / "best_of.jsonl")
+    assert set(majority) == set(best) == {"aime2024-I-1", "aime2024-I-2"}
+    assert all(s["chosen_agent"] in ("solver", "critic", None) for s in best["aime2024-I-1"]["samples"])
     assert (tmp_path / "summary.md").read_text().count("| chain |") == 2
     assert json.loads((tmp_path / "config.json").read_text())["eval"]["benchmarks"][0]["name"] == "aime2024"
 

@@ -11,7 +11,7 @@ from occupancy.mdp import TeamMDP
 
 
 def test_families_tuple():
-    assert FAMILIES == ("layered", "board", "vote", "chain")
+    assert FAMILIES == ("layered", "board", "vote", "chain", "agree")
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -14,7 +14,7 @@ from trust_region.certificate import CertificateConfig
 from trust_region.stage import StageConfig, run_stage, stage_order
 from trust_region.update import UpdateConfig
 
-from trust_region_toy import make_team
+from trust_region_toy import make_team, single_thread  # noqa: F401  (autouse fixture)
 
 FAST = UpdateConfig(delta=0.05, epochs=1, minibatch_size=None)
 
@@ -61,11 +61,12 @@ def test_prefix_reuse_counts(order):
     assert (rep.sample_calls, rep.resample_calls) == (1, 2)
     # resample_from is called with the agent that changed last
     assert sampler.resample_agents == rep.order[:-1]
-    # prefix reuse generates fewer tokens than fresh intermediate rollouts when the kept prefixes are
-    # non-empty (the agent changed last does not always speak first)
+    # prefix reuse generates fewer tokens than fresh intermediate rollouts: at least one of the two
+    # agents changed before a resample is not agent 0 (who speaks first), so prefixes are kept
     fresh, _, _ = _run("intermediate", n_agents=3, order=order, seed=3)
-    if rep.order[0] != 0 or rep.order[1] != 0:
-        assert rep.tokens_generated < fresh.tokens_generated
+    assert rep.tokens_generated < fresh.tokens_generated
+    kept_first = rep.order[0] != 0
+    assert (rep.updates[1].trajectories_generated, rep.updates[1].tokens_generated < 36) == (6, kept_first)
 
 
 def test_orders():
@@ -201,3 +202,63 @@ def test_run_stage_argument_checks():
         run_stage(team, opts, sampler, prompts, StageConfig(), 0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="betas"):
         run_stage(team, opts, sampler, prompts, StageConfig(), np.random.default_rng(0), betas=[0.1])
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("mode, prefix", [("intermediate", False), ("intermediate", True), ("stale_is", False),
+                                          ("resample_every_k", False)])
+def test_resume_mid_stage_reproduces_the_uninterrupted_stage(mode, prefix):
+    def full_run():
+        team, opts, sampler, prompts = make_team(n_agents=3, seed=4, lr=0.05)
+        cfg = StageConfig(mode=mode, prefix_reuse=prefix, resample_every=2, order="random", prompts_per_stage=3,
+                          group_size=2, update=UpdateConfig(delta=0.05, epochs=2, minibatch_size=2))
+        seen = []
+        rep = run_stage(team, opts, sampler, prompts, cfg, np.random.default_rng(7), stage=5,
+                        on_update=lambda p: seen.append((p.next_index, p.updates[-1].agent)))
+        return team, rep, seen
+
+    team_a, rep_a, seen_a = full_run()
+    assert [k for k, _ in seen_a] == [1, 2, 3]
+    assert [a for _, a in seen_a] == rep_a.order
+
+    # interrupted after the first update, then resumed from the captured progress
+    team, opts, sampler, prompts = make_team(n_agents=3, seed=4, lr=0.05)
+    cfg = StageConfig(mode=mode, prefix_reuse=prefix, resample_every=2, order="random", prompts_per_stage=3,
+                      group_size=2, update=UpdateConfig(delta=0.05, epochs=2, minibatch_size=2))
+    rng = np.random.default_rng(7)
+    captured = []
+
+    def stop_after_first(p):
+        captured.append(p)
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        run_stage(team, opts, sampler, prompts, cfg, rng, on_update=stop_after_first, stage=5)
+    progress = captured[0]
+    assert progress.next_index == 1 and len(progress.updates) == 1
+    rep_b = run_stage(team, opts, sampler, prompts, cfg, rng, resume=progress)
+    assert rep_b.order == rep_a.order and rep_b.stage == 5
+    assert (rep_b.sample_calls, rep_b.resample_calls) == (rep_a.sample_calls, rep_a.resample_calls)
+    for a, b in zip(team_a, team):
+        assert torch.equal(a.logits, b.logits)
+    assert rep_b.betas == rep_a.betas
+    assert [u.kl for u in rep_b.updates] == [u.kl for u in rep_a.updates]
+
+
+def test_resume_without_a_needed_batch_is_refused():
+    team, opts, sampler, prompts = make_team(n_agents=3)
+    cfg = StageConfig(mode="stale", prompts_per_stage=2, group_size=2)
+    captured = []
+
+    def stop(p):
+        captured.append(p)
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        run_stage(team, opts, sampler, prompts, cfg, np.random.default_rng(0), on_update=stop)
+    captured[0].batch = None
+    with pytest.raises(ValueError, match="resume.batch"):
+        run_stage(team, opts, sampler, prompts, cfg, np.random.default_rng(0), resume=captured[0])

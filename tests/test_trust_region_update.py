@@ -13,7 +13,7 @@ from trust_region.certificate import CertificateConfig, hoeffding_term, penalty_
 from trust_region.kl import kl_statistic, message_kl
 from trust_region.update import UpdateConfig, adaptive_beta, eval_log_probs, update_agent
 
-from trust_region_toy import make_team
+from trust_region_toy import make_team, single_thread  # noqa: F401  (autouse fixture)
 
 
 def _setup(seed=0, lr=0.5, optimizer="adam", agent=1, msg_len=2):

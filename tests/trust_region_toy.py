@@ -12,10 +12,21 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import pytest
 import torch
 from torch import Tensor
 
 from trust_region.batch import MessageBatch
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny tensors: intra-op threads only cost time (badly so on a loaded 2-core machine).
+    Import this fixture into a test module to run its tests single-threaded; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 class ToyAgent(torch.nn.Module):

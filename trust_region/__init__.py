@@ -11,7 +11,7 @@ Entry points: :func:`trust_region.stage.run_stage` (one stage, any mode) and
 from trust_region.advantage import AdvantageConfig, Advantages, compute_advantages
 from trust_region.batch import MessageBatch
 from trust_region.certificate import CertificateConfig, CertificateTerms
-from trust_region.stage import MODES, ORDERS, StageConfig, StageReport, run_stage
+from trust_region.stage import MODES, ORDERS, StageConfig, StageProgress, StageReport, run_stage
 from trust_region.update import UpdateConfig, UpdateReport, update_agent
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "ORDERS",
     "StageConfig",
     "StageReport",
+    "StageProgress",
     "run_stage",
     "UpdateConfig",
     "UpdateReport",

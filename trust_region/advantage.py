@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -200,20 +201,23 @@ def truncated_gae(
     """
     check_sorted(batch)
     m = len(batch)
-    r = batch.reward.to(torch.float64)
-    v = torch.zeros(m, dtype=torch.float64) if values is None else values.to(torch.float64)
-    c = torch.ones(m, dtype=torch.float64) if log_rho is None else torch.exp(log_rho.to(torch.float64)).clamp(max=1.0)
-    adv = torch.zeros(m, dtype=torch.float64)
-    # a message's successor is the next row when it belongs to the same trajectory
-    has_next = torch.zeros(m, dtype=torch.bool)
-    if m > 1:
-        has_next[:-1] = batch.trajectory[1:] == batch.trajectory[:-1]
-    for t in range(m - 1, -1, -1):
-        if has_next[t]:
-            adv[t] = r[t] + gamma * v[t + 1] - v[t] + gamma * lam * c[t + 1] * adv[t + 1]
-        else:
-            adv[t] = r[t] - v[t]
-    return adv
+    if m == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    r = batch.reward.detach().cpu().to(torch.float64).numpy()
+    v = np.zeros(m) if values is None else values.detach().cpu().to(torch.float64).numpy()
+    c = np.ones(m) if log_rho is None else np.minimum(np.exp(log_rho.detach().cpu().to(torch.float64).numpy()), 1.0)
+    traj = batch.trajectory.cpu().numpy()
+    # dense layout (K trajectories, L positions): position = row index - first row of the trajectory
+    starts = np.flatnonzero(np.r_[True, traj[1:] != traj[:-1]])
+    k_id = np.cumsum(np.r_[False, traj[1:] != traj[:-1]])
+    pos = np.arange(m) - starts[k_id]
+    k, length = starts.size, int(pos.max()) + 1
+    R, V, C = (np.zeros((k, length + 1)) for _ in range(3))
+    R[k_id, pos], V[k_id, pos], C[k_id, pos] = r, v, c
+    A = np.zeros((k, length + 1))  # column L and positions past a trajectory's end stay 0
+    for t in range(length - 1, -1, -1):
+        A[:, t] = R[:, t] + gamma * V[:, t + 1] - V[:, t] + gamma * lam * C[:, t + 1] * A[:, t + 1]
+    return torch.from_numpy(A[k_id, pos].copy())
 
 
 def gae_advantages(

@@ -26,7 +26,7 @@ Messages are stored sorted by (trajectory, turn).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -131,10 +131,32 @@ class MessageBatch:
         )
 
     @staticmethod
-    def concat(batches: list["MessageBatch"]) -> "MessageBatch":
-        """Concatenate batches (pads tokens and contexts to the longest); payloads must be None."""
+    def concat(
+        batches: list["MessageBatch"], payload_concat: Callable[[list[Any]], Any] | None = None
+    ) -> "MessageBatch":
+        """Concatenate batches row-wise (pads tokens and contexts to the longest width).
+
+        Ids are kept as they are: the caller keeps trajectory ids unique across the batches (and
+        the (trajectory, turn) order, if the result must stay sorted).
+
+        Payloads: all None gives None; otherwise ``payload_concat(list_of_payloads)`` when given,
+        else ``type(p).concat(list_of_payloads)`` when every payload has the same type and that type
+        has a ``concat`` method; anything else raises ValueError (payloads are never dropped).
+        """
         if not batches:
             raise ValueError("MessageBatch.concat needs at least one batch")
+        payloads = [b.payload for b in batches]
+        if all(p is None for p in payloads):
+            payload = None
+        elif payload_concat is not None:
+            payload = payload_concat(payloads)
+        elif len({type(p) for p in payloads}) == 1 and callable(getattr(type(payloads[0]), "concat", None)):
+            payload = type(payloads[0]).concat(payloads)
+        else:
+            raise ValueError(
+                "MessageBatch.concat: the batches carry payloads; pass payload_concat=... or give the "
+                "payload type a concat(list) method"
+            )
         t = max(b.tokens.shape[1] for b in batches)
         c = max(b.context.shape[1] for b in batches)
 
@@ -151,5 +173,5 @@ class MessageBatch:
         kwargs["behaviour_logp"] = torch.cat([pad(b.behaviour_logp, t, 0.0) for b in batches])
         kwargs["context"] = torch.cat([pad(b.context, c, 0) for b in batches])
         kwargs["context_mask"] = torch.cat([pad(b.context_mask, c, False) for b in batches])
-        kwargs["payload"] = None
+        kwargs["payload"] = payload
         return MessageBatch(**kwargs)

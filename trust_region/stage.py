@@ -3,29 +3,26 @@
 A stage draws one prompt batch (``prompt_source(prompts_per_stage)``), chooses an update order sigma
 (fixed, reversed or random per stage) and updates the agents one at a time, each with
 :func:`trust_region.update.update_agent` on its own messages. The modes differ only in which team
-produced the batch an update sees and how it is reweighted:
+produced the batch an update sees and how it is reweighted.
 
-==================  ================================================================  ================
-mode                batch of update i (team hat_pi^{i-1} = agents sigma(1..i-1) updated)  rollout calls
-==================  ================================================================  ================
-intermediate        fresh rollouts of hat_pi^{i-1} before every update (TeamTR)        N ``sample``
-intermediate +      first update: fresh rollouts; update i > 1: ``sampler.resample_     1 ``sample`` +
-``prefix_reuse``    from(team, previous batch, agent=sigma(i-1))``: prefixes up to the  N-1 ``resample_
-                    first turn of the agent changed last are kept (still exact samples  from``
-                    of hat_pi^{i-1}), the rest regenerated
-stale               the stage-start batch for every update (naive sequential)         1 ``sample``
-stale_is            stage-start batch reweighted by SAT's truncated weights: with the  1 ``sample``
-                    ``"group"`` estimator each message's objective is multiplied by
-                    c(tau) = min(1, rho(tau)), rho(tau) = product over the trajectory's
-                    messages of already-updated agents of pi_new/pi_behaviour (message
-                    ratios); with ``"gae"`` the per-message c_t = min(1, rho_t) enter the
-                    GAE traces instead (papers.md B.4)
-stale_happo         as stale_is with the untruncated rho(tau) (HAPPO)                 1 ``sample``
-joint               every agent updated from the stage-start batch with its own ratio 1 ``sample``
-                    (as if simultaneously; the order is irrelevant)
-resample_every_k    fresh rollouts before updates 1, k+1, 2k+1, ...; stale in between ceil(N/k)
-                    (TeamTR's "resample every 2 updates" baseline)                    ``sample``
-==================  ================================================================  ================
+Modes (hat_pi^{i-1} = the team with agents sigma(1..i-1) already updated; N agents):
+
+- ``intermediate`` (TeamTR): fresh rollouts of hat_pi^{i-1} before every update. N ``sample`` calls.
+- ``intermediate`` + ``prefix_reuse``: fresh rollouts for the first update; before update i > 1,
+  ``sampler.resample_from(team, previous_batch, agent=sigma(i-1))`` keeps every trajectory up to the
+  first turn of the agent changed last (still exact samples of hat_pi^{i-1}) and regenerates the
+  rest. 1 ``sample`` + N-1 ``resample_from`` calls.
+- ``stale`` (naive sequential): every update on the stage-start batch. 1 ``sample``.
+- ``stale_is`` (SAT): the stage-start batch reweighted by truncated importance weights. With the
+  ``"group"`` advantage estimator each message's objective is multiplied by c(tau) = min(1, rho(tau)),
+  rho(tau) = product over the trajectory's messages of already-updated agents of the message ratio
+  pi_now / pi_behaviour; with ``"gae"`` the per-message c_t = min(1, rho_t) enter the GAE traces
+  instead (papers.md B.4). 1 ``sample``.
+- ``stale_happo`` (HAPPO): as ``stale_is`` with the untruncated rho(tau). 1 ``sample``.
+- ``joint``: every agent updated from the stage-start batch with its own ratio, as if simultaneously
+  (the order is irrelevant). 1 ``sample``.
+- ``resample_every_k``: fresh rollouts before updates 1, k+1, 2k+1, ...; stale in between (TeamTR's
+  "resample every 2 updates" baseline). ceil(N/k) ``sample`` calls.
 
 No trust region: ``UpdateConfig(delta=math.inf)`` with any mode.
 
@@ -37,6 +34,9 @@ the exact tabular engine evaluates.
 Advantages are recomputed for every update from the batch the update sees (group-normalised over
 all trajectories of each prompt group; see :mod:`trust_region.advantage`). The per-agent KL penalty
 coefficient beta is carried between stages through ``StageReport.betas`` / ``run_stage(betas=...)``.
+
+Per-update hooks and resuming: ``run_stage(on_update=f)`` calls ``f(progress)`` with the live
+:class:`StageProgress` after every update; ``run_stage(resume=progress)`` continues a stage from it.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ __all__ = [
     "CertificateConfig",
     "run_stage",
     "stage_order",
+    "StageProgress",
 ]
 
 
@@ -259,6 +260,58 @@ def _generated_cost(batch: MessageBatch) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------- the stage
+@dataclass
+class StageProgress:
+    """The live state of a stage between two updates (for per-update logging/checkpointing and for
+    resuming a stage in the middle).
+
+    ``run_stage(on_update=f)`` calls ``f(progress)`` after every position of the order (the object
+    is the live one: serialise what you need before returning). ``run_stage(resume=progress)``
+    continues a stage from such a state: the order, prompts, betas, counters and reports are taken
+    from it and updates start at ``next_index``.
+
+    - ``stage``, ``order`` (agent ids), ``prompts`` (this stage's prompts).
+    - ``next_index``: the position of the next update (after update i, ``i + 1``).
+    - ``betas``: per-agent KL coefficients now.
+    - ``batch``: the batch the next update would reuse (None before the first sample; a resumed
+      stage needs it unless the next update samples fresh rollouts anyway, i.e. ``intermediate``
+      without prefix reuse or the start of a ``resample_every_k`` block); ``batch_start``: the
+      position at which it was sampled.
+    - ``updates``: reports so far; ``sample_calls``, ``resample_calls``, ``trajectories_generated``,
+      ``tokens_generated``, ``batch_mean_returns``: as in :class:`StageReport`.
+    """
+
+    stage: int
+    order: list[int]
+    prompts: list[Any]
+    next_index: int
+    betas: list[float]
+    batch: MessageBatch | None = None
+    batch_start: int = 0
+    updates: list[UpdateReport] = field(default_factory=list)
+    sample_calls: int = 0
+    resample_calls: int = 0
+    trajectories_generated: int = 0
+    tokens_generated: int = 0
+    batch_mean_returns: list[float] = field(default_factory=list)
+
+    def report(self) -> StageReport:
+        """The :class:`StageReport` of the updates done so far."""
+        certs = [u.certificate for u in self.updates if u.certificate is not None]
+        return StageReport(
+            stage=self.stage,
+            order=list(self.order),
+            updates=list(self.updates),
+            sample_calls=self.sample_calls,
+            resample_calls=self.resample_calls,
+            trajectories_generated=self.trajectories_generated,
+            tokens_generated=self.tokens_generated,
+            betas=list(self.betas),
+            batch_mean_returns=list(self.batch_mean_returns),
+            certificate=stage_certificate(certs) if certs else {},
+        )
+
+
 def run_stage(
     team: Sequence[AgentPolicy],
     optimizers: Sequence[torch.optim.Optimizer],
@@ -269,6 +322,8 @@ def run_stage(
     *,
     betas: Sequence[float] | None = None,
     stage: int = 0,
+    on_update: Callable[[StageProgress], None] | None = None,
+    resume: StageProgress | None = None,
 ) -> StageReport:
     """Run one stage (see the module docstring) and return its :class:`StageReport`.
 
@@ -277,10 +332,13 @@ def run_stage(
         optimizers: one per agent, holding only that agent's parameters.
         sampler: ``sample(team, prompts, group_size) -> MessageBatch``; with prefix reuse also
             ``resample_from(team, batch, agent=...)``.
-        prompt_source: ``prompt_source(n) -> n prompts``; called once per stage.
+        prompt_source: ``prompt_source(n) -> n prompts``; called once per stage (not on resume).
         rng: numpy Generator for the random order and minibatch shuffling.
-        betas: per-agent KL coefficients to start from (None: ``config.update.beta`` for all).
-        stage: a counter copied into the reports.
+        betas: per-agent KL coefficients to start from (None: ``config.update.beta`` for all);
+            ignored on resume (the progress carries them).
+        stage: a counter copied into the reports (on resume: ``resume.stage``).
+        on_update: called with the live :class:`StageProgress` after every update position.
+        resume: continue a stage from a :class:`StageProgress` (see there).
     """
     n = len(team)
     if n == 0:
@@ -294,85 +352,92 @@ def run_stage(
         raise TypeError(f"run_stage: rng must be a numpy.random.Generator, got {type(rng).__name__}")
     if config.prefix_reuse and not callable(getattr(sampler, "resample_from", None)):
         raise ValueError("StageConfig.prefix_reuse needs a sampler with resample_from(team, batch, agent)")
-    betas_now = [float(config.update.beta)] * n if betas is None else [float(b) for b in betas]
-    if len(betas_now) != n:
-        raise ValueError(f"run_stage: betas must have one entry per agent ({n}), got {len(betas_now)}")
 
-    order = stage_order(config, n, rng)
-    prompts = list(prompt_source(config.prompts_per_stage))
-    if not prompts:
-        raise ValueError("prompt_source returned no prompts")
+    if resume is None:
+        betas_now = [float(config.update.beta)] * n if betas is None else [float(b) for b in betas]
+        if len(betas_now) != n:
+            raise ValueError(f"run_stage: betas must have one entry per agent ({n}), got {len(betas_now)}")
+        order = stage_order(config, n, rng)
+        prompts = list(prompt_source(config.prompts_per_stage))
+        if not prompts:
+            raise ValueError("prompt_source returned no prompts")
+        progress = StageProgress(stage=stage, order=order, prompts=prompts, next_index=0, betas=betas_now)
+    else:
+        progress = resume
+        if sorted(progress.order) != list(range(n)):
+            raise ValueError(f"resume.order must be a permutation of 0..{n - 1}, got {progress.order}")
+        if len(progress.betas) != n:
+            raise ValueError(f"resume.betas must have one entry per agent ({n}), got {len(progress.betas)}")
+        if not 0 <= progress.next_index <= n:
+            raise ValueError(f"resume.next_index must be in [0, {n}], got {progress.next_index}")
+        i = progress.next_index
+        if i < n and progress.batch is None and i > 0 and not (
+            _needs_fresh(config, i) and not config.prefix_reuse
+        ):
+            raise ValueError(
+                f"resume.batch is needed to continue mode {config.mode!r}"
+                f"{' with prefix reuse' if config.prefix_reuse else ''} at update {i}"
+            )
 
-    batch: MessageBatch | None = None
-    batch_start = 0  # index i at which the current batch was sampled
-    sample_calls = resample_calls = 0
-    total_traj = total_tok = 0
-    returns: list[float] = []
-    updates: list[UpdateReport] = []
-    for i, j in enumerate(order):
+    order = progress.order
+    for i in range(progress.next_index, n):
+        j = order[i]
         gen_traj = gen_tok = 0
-        if batch is None or _needs_fresh(config, i):
-            if config.prefix_reuse and batch is not None:
-                batch = sampler.resample_from(team, batch, agent=order[i - 1])
-                resample_calls += 1
+        if progress.batch is None or _needs_fresh(config, i):
+            if config.prefix_reuse and progress.batch is not None:
+                batch = sampler.resample_from(team, progress.batch, agent=order[i - 1])
+                progress.resample_calls += 1
             else:
-                batch = sampler.sample(team, prompts, config.group_size)
-                sample_calls += 1
+                batch = sampler.sample(team, progress.prompts, config.group_size)
+                progress.sample_calls += 1
             if not isinstance(batch, MessageBatch):
                 raise TypeError(f"sampler must return a MessageBatch, got {type(batch).__name__}")
-            batch_start = i
+            progress.batch = batch
+            progress.batch_start = i
             gen_traj, gen_tok = _generated_cost(batch)
-            total_traj += gen_traj
-            total_tok += gen_tok
-            returns.append(mean_trajectory_return(batch))
+            progress.trajectories_generated += gen_traj
+            progress.tokens_generated += gen_tok
+            progress.batch_mean_returns.append(mean_trajectory_return(batch))
+        batch = progress.batch
 
         own = batch.agent == j
         if not bool(own.any()):
-            updates.append(UpdateReport(agent=j, position=i, stage=stage, trajectories_generated=gen_traj,
-                                        tokens_generated=gen_tok, beta_start=betas_now[j], beta_end=betas_now[j],
-                                        delta=config.update.delta))
-            continue
+            report = UpdateReport(agent=j, position=i, stage=progress.stage, trajectories_generated=gen_traj,
+                                  tokens_generated=gen_tok, beta_start=progress.betas[j],
+                                  beta_end=progress.betas[j], delta=config.update.delta)
+        else:
+            # agents already updated since this batch was sampled (only the stale families reweight)
+            weights = None
+            log_rho = None
+            if config.mode in ("stale_is", "stale_happo"):
+                log_rho = updated_agents_log_rho(team, batch, order[progress.batch_start:i],
+                                                 config.update.eval_batch_size)
+                if config.mode == "stale_happo" or config.advantage.estimator == "group":
+                    weights = trajectory_weights(batch, log_rho, truncate=config.mode == "stale_is",
+                                                 clip=config.is_log_ratio_clip)[own]
+                    log_rho = None
+            adv = compute_advantages(batch, j, config.advantage, log_rho=log_rho).select(own)
+            report = update_agent(
+                team[j],
+                optimizers[j],
+                batch.select(own),
+                adv,
+                config.update,
+                beta=progress.betas[j],
+                weights=weights,
+                rng=rng,
+                certificate=config.certificate,
+                a_max=config.advantage.a_clip,
+                n_agents=n,
+                position=i,
+                stage=progress.stage,
+            )
+            report.trajectories_generated = gen_traj
+            report.tokens_generated = gen_tok
+            progress.betas[j] = report.beta_end
+        progress.updates.append(report)
+        progress.next_index = i + 1
+        if on_update is not None:
+            on_update(progress)
 
-        # agents already updated since this batch was sampled (only the stale families reweight)
-        weights = None
-        log_rho = None
-        if config.mode in ("stale_is", "stale_happo"):
-            log_rho = updated_agents_log_rho(team, batch, order[batch_start:i], config.update.eval_batch_size)
-            if config.mode == "stale_happo" or config.advantage.estimator == "group":
-                weights = trajectory_weights(batch, log_rho, truncate=config.mode == "stale_is",
-                                             clip=config.is_log_ratio_clip)[own]
-                log_rho = None
-        adv = compute_advantages(batch, j, config.advantage, log_rho=log_rho).select(own)
-        report = update_agent(
-            team[j],
-            optimizers[j],
-            batch.select(own),
-            adv,
-            config.update,
-            beta=betas_now[j],
-            weights=weights,
-            rng=rng,
-            certificate=config.certificate,
-            a_max=config.advantage.a_clip,
-            n_agents=n,
-            position=i,
-            stage=stage,
-        )
-        report.trajectories_generated = gen_traj
-        report.tokens_generated = gen_tok
-        betas_now[j] = report.beta_end
-        updates.append(report)
-
-    certs = [u.certificate for u in updates if u.certificate is not None]
-    return StageReport(
-        stage=stage,
-        order=order,
-        updates=updates,
-        sample_calls=sample_calls,
-        resample_calls=resample_calls,
-        trajectories_generated=total_traj,
-        tokens_generated=total_tok,
-        betas=betas_now,
-        batch_mean_returns=returns,
-        certificate=stage_certificate(certs) if certs else {},
-    )
+    return progress.report()

@@ -25,6 +25,14 @@ What :func:`update_agent` does, exactly:
    update with the final monitored KL and n_steps = number of the agent's messages (samples):
    ``beta *= 1 + clip(KL / kl_target - 1, -0.2, 0.2) * n_steps / kl_horizon``.
 
+Devices: the MessageBatch, the advantages and all measurements live on the CPU; the agent may
+compute on any device (an LLM on a GPU): for the loss the minibatch's tensors are moved to the device
+of ``agent.log_probs``' output, and no-grad log-probs are brought back to the CPU.
+
+Cost: a finite ``delta`` with ``enforce_every="step"`` snapshots the agent's trainable parameters and
+the optimizer state (cloned tensors) before every step and runs a no-grad log-prob pass over all the
+agent's messages after it; ``enforce_every="epoch"`` does both once per epoch.
+
 The returned :class:`UpdateReport` carries the final beta, which the caller passes to the next update
 of the same agent (``run_stage`` does this through ``StageReport.betas``).
 """
@@ -265,12 +273,13 @@ def check_optimizer(agent: AgentPolicy, optimizer: torch.optim.Optimizer) -> Non
 
 
 def eval_log_probs(agent: AgentPolicy, batch: MessageBatch, chunk: int | None = None) -> Tensor:
-    """No-grad log-probs (M, T) of the batch's tokens, evaluated in chunks of ``chunk`` messages."""
+    """No-grad log-probs (M, T) of the batch's tokens on the CPU (whatever device the agent computes
+    on), evaluated in chunks of ``chunk`` messages."""
     with torch.no_grad():
         if chunk is None or len(batch) <= chunk:
-            return agent.log_probs(batch).detach()
+            return agent.log_probs(batch).detach().cpu()
         parts = [
-            agent.log_probs(batch.select(torch.arange(s, min(s + chunk, len(batch))))).detach()
+            agent.log_probs(batch.select(torch.arange(s, min(s + chunk, len(batch))))).detach().cpu()
             for s in range(0, len(batch), chunk)
         ]
         return torch.cat(parts)
@@ -332,8 +341,11 @@ def update_agent(
     w_is = None if weights is None else weights.to(torch.float32)
 
     logp_cur = eval_log_probs(agent, batch, config.eval_batch_size) if config.recompute_behaviour_logp else (
-        batch.behaviour_logp.detach()
+        batch.behaviour_logp.detach().cpu()
     )
+    mask = mask.cpu()
+    a_val = a_val.cpu()
+    w_is = None if w_is is None else w_is.cpu()
 
     def monitor(logp_new: Tensor) -> tuple[float, Tensor]:
         per = message_kl(
@@ -359,15 +371,16 @@ def update_agent(
     def one_step(idx: Tensor, beta_now: float) -> float:
         sub = batch.select(idx)
         logp_new = agent.log_probs(sub)
+        dev = logp_new.device  # the agent may compute on an accelerator; batch tensors live on the CPU
         terms = surrogate_loss(
             logp_new,
-            logp_cur[idx],
-            sub.mask,
-            a_val[idx],
+            logp_cur[idx].to(dev),
+            sub.mask.to(dev),
+            a_val[idx].to(dev),
             clip_eps=config.clip_eps,
             beta=beta_now,
             ratio_level=config.ratio_level,
-            weights=None if w_is is None else w_is[idx],
+            weights=None if w_is is None else w_is[idx].to(dev),
             kl_estimator=config.penalty_estimator,
             kl_direction=config.penalty_direction,
         )

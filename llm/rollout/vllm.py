@@ -57,7 +57,10 @@ class VLLMNotInstalledError(ImportError):
 
 def vllm_available() -> bool:
     """True when ``import vllm`` would find a package (does not import it)."""
-    return importlib.util.find_spec("vllm") is not None
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):  # e.g. sys.modules["vllm"] = None
+        return False
 
 
 def require_vllm() -> Any:
@@ -212,6 +215,7 @@ def merged_named_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Te
             yield name, p.detach()
         return
     base = get_base()
+    seen: set[int] = set()  # a tied lm_head shares the embedding tensor: yield it once
     for module_name, module in base.named_modules():
         base_layer = getattr(module, "base_layer", None)
         if base_layer is not None and hasattr(module, "get_delta_weight"):
@@ -228,13 +232,32 @@ def merged_named_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Te
         if ".lora_" in f".{module_name}" or module_name.endswith("base_layer"):
             continue
         for pname, p in module.named_parameters(recurse=False):
-            if "lora_" in pname:
+            if "lora_" in pname or id(p) in seen:
                 continue
+            seen.add(id(p))
             yield (f"{module_name}.{pname}" if module_name else pname), p.detach()
 
 
 def _is_peft_names(names: Iterable[str]) -> bool:
     return any("lora_" in n or ".base_layer." in n for n in names)
+
+
+def _reprocess_tied_heads(model: torch.nn.Module) -> int:
+    """Redo the kernel preparation of output heads that share their weight with the embedding.
+
+    A tied ``lm_head`` receives no tensor of its own in a reload, so vLLM's layer-wise reload never
+    re-processes it; on CPU that layer keeps a packed (oneDNN) copy of the *old* embedding matrix and
+    the logits would come from stale weights. Re-running its ``process_weights_after_loading`` packs
+    the new matrix (a no-op on GPU for unquantized heads). Returns the number of heads redone.
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, ParallelLMHead) and hasattr(module.quant_method, "process_weights_after_loading"):
+            module.quant_method.process_weights_after_loading(module)
+            count += 1
+    return count
 
 
 class TeamWorkerExtension:
@@ -261,6 +284,7 @@ class TeamWorkerExtension:
         if not pending:
             return 0
         self.model_runner.reload_weights(weights_iterator=iter(pending.items()), is_checkpoint_format=True)  # type: ignore[attr-defined]
+        _reprocess_tied_heads(self.model_runner.model)  # type: ignore[attr-defined]
         return len(pending)
 
     def teamtr_param_checksums(self) -> dict[str, float]:

