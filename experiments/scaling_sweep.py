@@ -45,6 +45,8 @@ from occupancy.exact import evaluate_stage
 MODES = ("seq", "stale_occ", "stale_batch")
 #: Families built here rather than in occupancy.families (proposed for inclusion there).
 LOCAL_FAMILIES = ("crowd",)
+#: Named parameter variants of occupancy.families families: name -> (family, params).
+VARIANTS = {"agree_pair": ("agree", {"scale": "pair"})}
 MODE_LABEL = {"seq": "intermediate (TeamTR)", "stale_occ": "stale occupancy", "stale_batch": "stale batch (naive)"}
 METRICS = ("penalty", "abs_penalty", "penalty_per_amax")
 #: Penalties below EXACT_TOL times the largest |improvement| are floating-point zeros.
@@ -126,6 +128,9 @@ def make_instance(family: str, n: int, *, seed: int, rounds: int, gamma: float, 
         return make_crowd(n, seed=seed, rounds=rounds, gamma=gamma, **params)
     from occupancy import families
 
+    if family in VARIANTS:
+        base, fixed = VARIANTS[family]
+        return families.make_family(base, n, seed=seed, rounds=rounds, gamma=gamma, **{**fixed, **params})
     return families.make_family(family, n, seed=seed, rounds=rounds, gamma=gamma, **params)
 
 
@@ -146,7 +151,7 @@ class SweepConfig:
     - ``n_boot``: bootstrap resamples; ``workers``: processes.
     """
 
-    families: tuple[str, ...] = ("layered", "board", "vote", "chain", "crowd")
+    families: tuple[str, ...] = ("layered", "board", "vote", "chain", "agree", "agree_pair", "crowd")
     n_agents: tuple[int, ...] = (2, 3, 4, 5, 6, 8, 12, 16, 24, 32)
     deltas: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
     seeds: int = 20
@@ -165,8 +170,9 @@ class SweepConfig:
         from occupancy import families
 
         for f in self.families:
-            if f not in tuple(families.FAMILIES) + LOCAL_FAMILIES:
-                raise ValueError(f"SweepConfig.families: unknown family {f!r}; choose from {tuple(families.FAMILIES) + LOCAL_FAMILIES}")
+            known = tuple(families.FAMILIES) + tuple(VARIANTS) + LOCAL_FAMILIES
+            if f not in known:
+                raise ValueError(f"SweepConfig.families: unknown family {f!r}; choose from {known}")
         if len(set(self.n_agents)) < 3 or min(self.n_agents) < 2:
             raise ValueError(f"SweepConfig.n_agents needs >= 3 distinct sizes, all >= 2, got {self.n_agents}")
         if not self.deltas or min(self.deltas) <= 0:
@@ -200,7 +206,7 @@ def _order(n: int, how: str, seed: int) -> list[int]:
     return [int(j) for j in np.random.default_rng(seed + 7919).permutation(n)]
 
 
-def _stage_record(stage, gamma: float) -> dict[str, float]:
+def _stage_record(stage, gamma: float, kl0: list[float]) -> dict[str, float]:
     ups = stage.updates
     return {
         "J_start": stage.J_start,
@@ -218,7 +224,49 @@ def _stage_record(stage, gamma: float) -> dict[str, float]:
         "bound_stale_paper": B.stale_penalty_paper(stage, gamma, "reverse", "a_max"),
         "bound_seq_eps": B.per_stage_bound(stage, gamma, "reverse", "eps").penalty,
         "bound_stale_sharp_eps": B.stale_penalty_sharp(stage, gamma, "reverse", "eps"),
+        "bound_seq_chain": sum(B.per_update_bound_chain(u, gamma, "reverse", "a_max").penalty for u in ups),
+        "bound_stale_chain": B.stale_penalty_chain(stage, gamma, "reverse", "a_max", kl0),
     }
+
+
+def evaluate_stage_reusing(mdp, pi_cur, order, new_policies, evals, method: str = "sparse"):
+    """Same result as :func:`occupancy.exact.evaluate_stage`, reusing the evaluations ``evals`` of
+    hat_pi^0..hat_pi^{N-1} that ``trust_region_stage(..., evaluations=evals)`` computed (one solve
+    instead of N + 1). tests/test_scaling.py checks it equals evaluate_stage field by field."""
+    from occupancy import exact
+
+    teams = exact.intermediate_teams(mdp, pi_cur, order, new_policies)
+    evals = list(evals) + [exact.evaluate(mdp, teams[-1], method=method, check=False)]
+    if len(evals) != len(teams):
+        raise ValueError(f"need {len(teams) - 1} evaluations (one per update), got {len(evals) - 1}")
+    e0 = evals[0]
+    nonterminal = ~mdp.terminal
+    updates = []
+    for i, agent in enumerate(order, start=1):
+        prev, new = evals[i - 1], evals[i]
+        pi_prev, pi_next = teams[i - 1], teams[i]
+        mask = mdp.agent_mask(agent)
+        f = exact.expected_advantage(pi_next, prev.A)
+        updates.append(exact.UpdateEvaluation(
+            agent=int(agent), improvement=new.J - prev.J,
+            L_seq=exact.surrogate(mdp, prev.d, prev.A, pi_next, agent),
+            L_stale_occ=exact.surrogate(mdp, e0.d, prev.A, pi_next, agent),
+            L_stale_batch=exact.surrogate(mdp, e0.d, e0.A, pi_next, agent),
+            kl_reverse=exact.update_kl(mdp, prev.d, pi_prev, pi_next, agent, "reverse", "team"),
+            kl_reverse_agent=exact.update_kl(mdp, prev.d, pi_prev, pi_next, agent, "reverse", "agent"),
+            kl_forward_max=exact.max_kl(mdp, pi_prev, pi_next, agent, "forward"),
+            tv=exact.expected_tv(mdp, prev.d, pi_prev, pi_next, agent),
+            occupancy_drift=float(np.abs(prev.d[mask] - e0.d[mask]).sum()),
+            a_max=float(np.abs(prev.A[nonterminal]).max()) if nonterminal.any() else 0.0,
+            eps_achiam=float(np.abs(f[mask]).max()) if mask.any() else 0.0,
+        ))
+    return exact.StageEvaluation(J_start=e0.J, J_end=evals[-1].J, order=tuple(int(j) for j in order), updates=tuple(updates))
+
+
+def _kl0_from(mdp, pi_cur, order, new_policies, d0) -> list[float]:
+    from occupancy.exact import update_kl
+
+    return [update_kl(mdp, d0, pi_cur, new_policies[j], int(j), "reverse", "team") for j in order]
 
 
 def run_instance(job: tuple[SweepConfig, str, int, int]) -> list[dict]:
@@ -233,23 +281,28 @@ def run_instance(job: tuple[SweepConfig, str, int, int]) -> list[dict]:
     out = []
     for delta in cfg.deltas:
         stages = {}
-        new, _ = trust_region_stage(mdp, pi, order, delta, weighting="agent", method="sparse")
-        shared = evaluate_stage(mdp, pi, order, new, method="sparse")
+        evals: list = []
+        new, _ = trust_region_stage(mdp, pi, order, delta, weighting="agent", method="sparse", evaluations=evals)
+        shared = evaluate_stage_reusing(mdp, pi, order, new, evals)
+        kls0 = {"shared": _kl0_from(mdp, pi, order, new, evals[0].d)}
         for mode in MODES:
             if cfg.updates == "own" and mode != "seq":
                 direction = "intermediate" if mode == "stale_occ" else "stage_start"
+                ev_m: list = []
                 new_m, _ = trust_region_stage(mdp, pi, order, delta, weighting="agent", method="sparse",
-                                              direction=direction, radius_occupancy="stage_start")
-                stages[mode] = evaluate_stage(mdp, pi, order, new_m, method="sparse")
+                                              direction=direction, radius_occupancy="stage_start", evaluations=ev_m)
+                stages[mode] = evaluate_stage_reusing(mdp, pi, order, new_m, ev_m)
+                kls0[mode] = _kl0_from(mdp, pi, order, new_m, ev_m[0].d)
             else:
                 stages[mode] = shared
+                kls0[mode] = kls0["shared"]
         for mode in MODES:
             st = stages[mode]
             rec = {"family": family, "N": n, "seed": seed, "delta": delta, "mode": mode, "n_states": mdp.n_states,
                    "penalty": st.penalty(mode), "abs_penalty": st.abs_penalty(mode),
                    "penalty_per_amax": st.penalty(mode) / max(max(u.a_max for u in st.updates), 1e-300),
                    "signed_gap": float(sum(u.gap(mode) for u in st.updates))}
-            rec.update(_stage_record(st, cfg.gamma))
+            rec.update(_stage_record(st, cfg.gamma, kls0[mode]))
             out.append(rec)
     return out
 
@@ -273,9 +326,9 @@ def fit_table(records: list[dict], cfg: SweepConfig) -> tuple[list[dict], list[d
                     return np.array([[index[(family, mode, delta, n, s)][key] if (family, mode, delta, n, s) in index else np.nan
                                       for s in seeds] for n in ns], dtype=float)
 
-                bound_key = "bound_seq" if mode == "seq" else "bound_stale_sharp"
                 extra = {}
-                for key in ("a_max", "drift_last", bound_key, "kl_team_sum"):
+                for key in ("a_max", "drift_last", "kl_team_sum", "bound_seq", "bound_stale_sharp", "bound_seq_chain",
+                            "bound_stale_chain"):
                     f = bootstrap_power_fit(ns, mat(key), n_boot=0)
                     extra[f"alpha_{key}"] = f.alpha
                 scale = float(np.nanmax(np.abs(mat("improvement")))) or 1.0
@@ -291,7 +344,8 @@ def fit_table(records: list[dict], cfg: SweepConfig) -> tuple[list[dict], list[d
                                  "r2": f.r2, "exact": exact, "n_boot": f.n_boot, "mean_at_Nmin": float(np.nanmean(m[0])),
                                  "mean_at_Nmax": float(np.nanmean(m[-1])), **extra})
                 curve = {"family": family, "mode": mode, "delta": delta, "N": ns}
-                for key in METRICS + ("bound_seq", "bound_stale_sharp", "bound_stale_paper", "a_max", "drift_last", "kl_team_sum"):
+                for key in METRICS + ("bound_seq", "bound_stale_sharp", "bound_stale_paper", "bound_seq_chain",
+                                      "bound_stale_chain", "a_max", "drift_last", "kl_team_sum"):
                     m = mat(key)
                     curve[key] = {"mean": np.nanmean(m, axis=1), "q05": np.nanquantile(m, 0.05, axis=1),
                                   "q95": np.nanquantile(m, 0.95, axis=1)}
@@ -301,16 +355,17 @@ def fit_table(records: list[dict], cfg: SweepConfig) -> tuple[list[dict], list[d
 
 def format_summary(fits: list[dict], delta: float) -> str:
     rows = [f for f in fits if f["delta"] == delta]
-    head = (f"{'family':8s} {'evaluation':22s} {'metric':16s} {'alpha':>6s} {'95% CI':>15s} {'r2':>5s} "
-            f"{'P(Nmin)':>9s} {'P(Nmax)':>9s} {'a(bound)':>8s} {'a(Amax)':>7s} {'a(drift)':>8s}")
+    head = (f"{'family':10s} {'evaluation':22s} {'metric':16s} {'alpha':>6s} {'95% CI':>15s} {'r2':>5s} "
+            f"{'P(Nmin)':>9s} {'P(Nmax)':>9s} {'a(bound)':>8s} {'a(chain)':>8s} {'a(Amax)':>7s} {'a(drift)':>8s}")
     lines = [f"delta = {delta:g} (agent-weighted reverse KL per update)", head, "-" * len(head)]
     for f in rows:
         bound = f["alpha_bound_seq"] if f["mode"] == "seq" else f["alpha_bound_stale_sharp"]
+        chain = f["alpha_bound_seq_chain"] if f["mode"] == "seq" else f["alpha_bound_stale_chain"]
         fit = ("  exact (penalty = 0 to rounding)  " if f["exact"] else
                f"{f['alpha']:6.2f} [{f['ci_low']:5.2f}, {f['ci_high']:5.2f}] {f['r2']:5.2f}")
         lines.append(
-            f"{f['family']:8s} {MODE_LABEL[f['mode']]:22s} {f['metric']:16s} {fit} {f['mean_at_Nmin']:9.2e} "
-            f"{f['mean_at_Nmax']:9.2e} {bound:8.2f} {f['alpha_a_max']:7.2f} {f['alpha_drift_last']:8.2f}"
+            f"{f['family']:10s} {MODE_LABEL[f['mode']]:22s} {f['metric']:16s} {fit} {f['mean_at_Nmin']:9.2e} "
+            f"{f['mean_at_Nmax']:9.2e} {bound:8.2f} {chain:8.2f} {f['alpha_a_max']:7.2f} {f['alpha_drift_last']:8.2f}"
         )
     return "\n".join(lines)
 
@@ -375,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
     print("alpha: fitted exponent of mean_seeds(metric) ~ N^alpha (log-log least squares), 95% bootstrap CI over seeds;")
     print("a(bound): exponent of the bound's penalty (Thm 3.6 for intermediate, Thm 3.7 sharp for stale);")
+    print("a(chain): exponent of the chain-rule bound (occupancy.bounds, derived here; N^1.5 for the stale form);")
     print("a(Amax), a(drift): exponents of A_max and of the last update's occupancy drift.")
     print(f"{len(jobs)} (family, N, seed) instances x {len(cfg.deltas)} deltas in {elapsed:.1f} s on {cfg.workers} worker(s)")
     print(f"results: {out}")

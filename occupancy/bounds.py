@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -249,15 +249,124 @@ def sat_upper_bound(u: UpdateEvaluation, gamma: float) -> BoundCheck:
 
 
 # ---------------------------------------------------------------------------------------------
+# Chain-rule forms (derived here; not in either paper)
+#
+# [I] For two policies that differ on some rows, the trajectory distributions satisfy, by the
+# chain rule of KL, KL(P_{0:t} || P'_{0:t}) = sum_{s<t} E_{x_s ~ P_s} KL(pi(.|x_s) || pi'(.|x_s)).
+# Pinsker on every marginal and Jensen over the discount weights (1 - gamma) gamma^t give
+#
+#     || d^{pi'} - d^{pi} ||_1 <= sqrt(2 gamma / (1 - gamma) * E_{x ~ d^pi} KL(pi(.|x) || pi'(.|x))),
+#
+# with the normalised occupancy d^pi of the *old* policy and the team-weighted expected reverse KL,
+# i.e. exactly TeamTR's delta. With SAT's per-state forward maximum, KL(P' || P) <= t delta_max
+# gives the same with delta_max. Against Achiam's Lemma 3 + Pinsker + Jensen
+# (sqrt(2) gamma / (1 - gamma) sqrt(delta)) this is smaller by sqrt((1 - gamma) / gamma) (10x at
+# gamma = 0.99), and for a stage it adds KLs, not square roots: after i - 1 updates the shift is
+# <= sqrt(2 gamma / (1 - gamma) * sum_{k<i} delta_k^{(0)}) with delta_k^{(0)} the KL of update k
+# under the *stage-start* occupancy (reverse), or sqrt(2 gamma / (1 - gamma) max_{k<i} delta_k^max)
+# (forward max: one agent acts per state, so the per-step KL never exceeds the largest radius).
+# Hence the stale penalty grows like N^{3/2} sqrt(delta) (reverse, uniform team-weighted delta),
+# not N^2. Each chain penalty is eps_i (or A_max) / (1 - gamma) times the occupancy-shift bound.
+
+
+def chain_constant(gamma: float, scale: float) -> float:
+    """scale / (1 - gamma) * sqrt(2 gamma / (1 - gamma)): the chain-rule counterpart of c ([I])."""
+    if not (0.0 <= gamma < 1.0):
+        raise ValueError(f"gamma must be in [0, 1), got {gamma}")
+    return float(scale) / (1.0 - gamma) * math.sqrt(2.0 * gamma / (1.0 - gamma))
+
+
+def stage_start_kls(mdp, pi_cur: np.ndarray, order, new_policies) -> list[float]:
+    """delta_k^{(0)}: the team-weighted reverse KL of every update k of a stage under the stage-start
+    occupancy d^{pi_cur} (one per update, in order). Needed by the reverse chain-rule stale bounds."""
+    from occupancy.exact import evaluate, update_kl
+
+    d0 = evaluate(mdp, pi_cur).d
+    with np.errstate(invalid="ignore"):
+        return [update_kl(mdp, d0, pi_cur, new_policies[j], int(j), "reverse", "team") for j in order]
+
+
+def _chain_shift(gamma: float, kl_total: float) -> float:
+    return math.sqrt(2.0 * gamma / (1.0 - gamma) * max(kl_total, 0.0)) if kl_total < math.inf else math.inf
+
+
+def per_update_bound_chain(u: UpdateEvaluation, gamma: float, kl: KL = "reverse", scale: Scale = "eps") -> BoundCheck:
+    """Per-update lower bound from the KL chain rule ([I], derived here; see the section comment):
+
+        J(hat_pi^i) - J(hat_pi^{i-1}) >= L_i^seq - s_i / (1 - gamma) sqrt(2 gamma delta_i / (1 - gamma)),
+
+    with delta_i TeamTR's team-weighted reverse KL under d^{hat_pi^{i-1}} (``kl="reverse"``) or
+    SAT's forward per-state maximum (``kl="forward_max"``); ``reverse_agent`` is also valid (larger).
+    """
+    pen = _cterm(float(update_scale(u, scale)) / (1.0 - gamma), _chain_shift(gamma, update_delta(u, kl)))
+    return _lower(f"chain_per_update", u.improvement, u.L_seq, pen, kl, scale)
+
+
+def _stale_kl(stage: StageEvaluation, i: int, kl: KL, kl0: Sequence[float] | None) -> float:
+    if kl == "forward_max":
+        return max((update_delta(v, kl) for v in stage.updates[: i - 1]), default=0.0)
+    if kl0 is None or len(kl0) != len(stage.updates):
+        raise ValueError("the reverse chain-rule stale bound needs kl0 = stage_start_kls(...), one per update")
+    vals = [float(x) for x in kl0[: i - 1]]
+    return math.inf if any(math.isnan(x) for x in vals) else float(sum(max(x, 0.0) for x in vals))
+
+
+def stale_surrogate_bound_chain(
+    stage: StageEvaluation, i: int, gamma: float, kl: KL = "reverse", scale: Scale = "eps",
+    kl0: Sequence[float] | None = None,
+) -> BoundCheck:
+    """Intermediate versus stale surrogate of update ``i`` from the chain rule ([I]), two-sided:
+
+        |L_i^seq - L_i^stale| <= s_i / (1 - gamma) sqrt(2 gamma / (1 - gamma) K_i),
+
+    K_i = sum_{k<i} delta_k^{(0)} (``kl="reverse"``, ``kl0`` from :func:`stage_start_kls`) or
+    max_{k<i} delta_k^max (``kl="forward_max"``). Compare TeamTR Prop 3.3's c sum_{k<i} sqrt(delta_k).
+    """
+    if not (1 <= i <= len(stage.updates)):
+        raise ValueError(f"i must be in [1, {len(stage.updates)}], got {i}")
+    u = stage.updates[i - 1]
+    pen = _cterm(float(update_scale(u, scale)) / (1.0 - gamma), _chain_shift(gamma, _stale_kl(stage, i, kl, kl0)))
+    diff = abs(u.L_seq - u.L_stale_occ)
+    tight = diff / pen if pen > 0 else (math.nan if diff <= FLOAT_TOL else math.inf)
+    return BoundCheck("chain_stale_surrogate", diff, pen, 0.0, pen, pen - diff, tight, kl, scale)
+
+
+def stale_penalty_chain(
+    stage: StageEvaluation, gamma: float, kl: KL = "reverse", scale: Scale = "eps", kl0: Sequence[float] | None = None
+) -> float:
+    """sum_i [per-update chain penalty_i + stale chain penalty_i] ([I]); O(N^{3/2}) for uniform delta."""
+    total = 0.0
+    for i, u in enumerate(stage.updates, start=1):
+        s = float(update_scale(u, scale)) / (1.0 - gamma)
+        total += _cterm(s, _chain_shift(gamma, update_delta(u, kl)))
+        if i > 1:
+            total += _cterm(s, _chain_shift(gamma, _stale_kl(stage, i, kl, kl0)))
+    return total
+
+
+def stale_stage_bound_chain(
+    stage: StageEvaluation, gamma: float, kl: KL = "reverse", scale: Scale = "eps", kl0: Sequence[float] | None = None
+) -> BoundCheck:
+    """Stale-occupancy stage lower bound from the chain rule ([I]):
+    J(bar_pi) - J(pi_cur) >= sum_i L_i^stale - :func:`stale_penalty_chain`."""
+    pen = stale_penalty_chain(stage, gamma, kl, scale, kl0)
+    sur = sum(u.L_stale_occ for u in stage.updates)
+    return _lower("chain_stale_stage", stage.J_end - stage.J_start, sur, pen, kl, scale)
+
+
+# ---------------------------------------------------------------------------------------------
 # Everything at once
 
 
-def all_bounds(stage: StageEvaluation, gamma: float, scales: tuple[Scale, ...] = ("a_max", "eps")) -> list[BoundCheck]:
+def all_bounds(
+    stage: StageEvaluation, gamma: float, scales: tuple[Scale, ...] = ("a_max", "eps"), kl0: Sequence[float] | None = None
+) -> list[BoundCheck]:
     """Every bound of this module on one stage, for both KL conventions and the given scales.
 
-    Per update (TeamTR Thm 3.4 / SAT single step): one check per update; Proposition 3.3: one per
-    update i >= 2; per stage (Thm 3.6 / SAT joint) and stale (Thm 3.7 sharp and paper): one each;
-    SAT's upper bound: one per update.
+    Per update (TeamTR Thm 3.4 / SAT single step, and the chain-rule form): one check per update;
+    Proposition 3.3 (and its chain-rule form): one per update i >= 2; per stage (Thm 3.6 / SAT joint)
+    and stale (Thm 3.7 sharp and paper, chain rule): one each; SAT's upper bound: one per update.
+    The reverse chain-rule stale bounds need ``kl0`` (:func:`stage_start_kls`); skipped without it.
     """
     out: list[BoundCheck] = []
     for scale in scales:
@@ -267,6 +376,10 @@ def all_bounds(stage: StageEvaluation, gamma: float, scales: tuple[Scale, ...] =
             out.extend(stale_surrogate_bound(stage, i, gamma, kl, scale) for i in range(2, len(stage.updates) + 1))
             out.append(stale_stage_bound(stage, gamma, kl, scale, "sharp"))
             out.append(stale_stage_bound(stage, gamma, kl, scale, "paper"))
+            out.extend(per_update_bound_chain(u, gamma, kl, scale) for u in stage.updates)
+            if kl == "forward_max" or kl0 is not None:
+                out.extend(stale_surrogate_bound_chain(stage, i, gamma, kl, scale, kl0) for i in range(2, len(stage.updates) + 1))
+                out.append(stale_stage_bound_chain(stage, gamma, kl, scale, kl0))
     out.extend(sat_upper_bound(u, gamma) for u in stage.updates)
     return out
 

@@ -18,7 +18,8 @@ State layout (``decode_states`` returns these arrays): state id
 ``((r * E + s) * N + t) * C + c`` for the structured states, and, when rounds >= 1, one terminal
 state with id ``S - 1`` (router -1, turn -1). ``mdp.turn`` is t in [0, N) (-1 for the terminal).
 The initial distribution mu is uniform over environment states at round 0, turn 0, c = c0(s).
-Rewards are scaled so that one round pays at most about 1.
+Rewards are scaled so that one round pays at most about 1 (except "agree" with
+scale "agent" or "pair", see below).
 
 Families (``FAMILIES``):
 - ``"layered"``: random layered team: random sparse context kernels (``branching`` successors),

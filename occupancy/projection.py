@@ -333,6 +333,7 @@ def trust_region_stage(
     weighting: Weighting = "team",
     sign: float = 1.0,
     method: str = "auto",
+    evaluations: list | None = None,
 ) -> tuple[list[np.ndarray], list[StepResult]]:
     """Run one stage of KL-ball steps and return the new policies (for ``evaluate_stage``).
 
@@ -351,6 +352,8 @@ def trust_region_stage(
         order: the update order sigma (agent ids).
         delta: a float (every update) or a sequence, one radius per update.
         method: linear-solver choice passed to :func:`occupancy.exact.evaluate`.
+        evaluations: if a list is given, the exact evaluations of hat_pi^0, ..., hat_pi^{N-1} (the
+            base team of every update) are appended to it, so that callers can reuse them.
 
     Returns:
         (new_policies, steps): ``new_policies[j]`` a team-shaped (S, A) array whose X_j rows are
@@ -371,6 +374,8 @@ def trust_region_stage(
     for i, agent in enumerate(order, start=1):
         if i > 1:
             prev = evaluate(mdp, team, method=method, check=False)
+        if evaluations is not None:
+            evaluations.append(prev)
         if callable(direction):
             d_dir = np.asarray(direction(i, agent, prev, e0), dtype=np.float64)
         elif direction == "intermediate":

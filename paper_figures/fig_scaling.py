@@ -34,55 +34,73 @@ def _fit(fits: list[dict], family: str, mode: str, delta: float, metric: str) ->
 @figure("scaling_penalty", needs=NEEDS, command=COMMAND)
 def scaling_penalty(results: Path, out: Path) -> list[Path]:
     """One panel per family: mean stage penalty |sum_i Gap_i| over seeds (5-95% band) against N for
-    the three evaluations at the middle delta, the fitted power law (dashed) and the bound curves
-    rescaled to meet the data at the smallest N (dotted; their absolute value is the factor shown)."""
+    the three evaluations at the middle delta, the fitted power law (thin dotted) and the bounds'
+    N-dependence (grey: TeamTR Thm 3.7 sharp and the chain-rule stale bound), rescaled to meet the
+    stale penalty at the smallest N (their absolute values are far larger)."""
+    import matplotlib.ticker as mticker
+
     curves = read_json(results / "scaling_sweep/curves.json")["curves"]
     fits = read_json(results / "scaling_sweep/fits.json")["fits"]
     families = list(dict.fromkeys(c["family"] for c in curves))
     delta = _middle([c["delta"] for c in curves])
-    ncols = 3
-    nrows = math.ceil(len(families) / ncols)
-    fig, axes = new_figure(FULL_WIDTH, 2.1 * nrows, nrows, ncols, squeeze=False)
+    ncols = 4
+    nrows = math.ceil((len(families) + 1) / ncols)
+    fig, axes = new_figure(FULL_WIDTH, 1.85 * nrows + 0.3, nrows, ncols, squeeze=False)
     for ax in axes.flat[len(families):]:
         ax.axis("off")
+    handles = {}
     for ax, family in zip(axes.flat, families):
+        notes = []
+        n_all = None
         for mode in ("seq", "stale_occ", "stale_batch"):
             c = next((c for c in curves if c["family"] == family and c["mode"] == mode and c["delta"] == delta), None)
             if c is None:
                 continue
             n = np.asarray(c["N"], dtype=float)
+            n_all = n
             y = np.asarray(c["penalty"]["mean"], dtype=float)
             f = _fit(fits, family, mode, delta, "penalty")
             colour = MODE_COLOURS[mode]
+            short = {"seq": "int.", "stale_occ": "stale occ.", "stale_batch": "stale batch"}[mode]
             if f is not None and f.get("exact"):
-                ax.plot([], [], color=colour, label=f"{MODE_LABELS[mode]}: exact (0)")
+                notes.append((f"{short}: exact (0)", colour))
                 continue
             style = "--" if mode == "stale_batch" else "-"
-            label = MODE_LABELS[mode]
-            if f is not None and np.isfinite(f["alpha"]):
-                label += f": $\\alpha$={f['alpha']:.2f} [{f['ci_low']:.2f}, {f['ci_high']:.2f}]"
-            ax.plot(n, y, style, marker="o", color=colour, label=label)
+            (h,) = ax.plot(n, y, style, marker="o", color=colour, markersize=2.5)
+            handles[MODE_LABELS[mode]] = h
             ax.fill_between(n, c["penalty"]["q05"], c["penalty"]["q95"], color=colour, alpha=0.12, linewidth=0)
             if f is not None and np.isfinite(f["alpha"]):
-                ax.plot(n, np.exp(f["intercept"]) * n ** f["alpha"] if "intercept" in f else
-                        y[0] * (n / n[0]) ** f["alpha"], ":", color=colour, linewidth=0.8)
-            if mode in BOUND_OF:
-                key, name = BOUND_OF[mode]
-                b = np.asarray(c[key]["mean"], dtype=float)
-                if b[0] > 0 and y[0] > 0:
-                    k = y[0] / b[0]
-                    ax.plot(n, b * k, color="0.45", linestyle=(0, (1, 1)) if mode == "seq" else (0, (4, 1, 1, 1)),
-                            linewidth=0.9, label=f"{name} ($\\times${k:.0e})")
+                if mode != "stale_batch":
+                    notes.append((f"{short}: α={f['alpha']:.2f} [{f['ci_low']:.2f}, {f['ci_high']:.2f}]", colour))
+                fit_y = np.exp(f["intercept"]) * n ** f["alpha"] if "intercept" in f else y[0] * (n / n[0]) ** f["alpha"]
+                ax.plot(n, fit_y, ":", color=colour, linewidth=0.8)
+            if mode == "stale_occ":
+                for key, name, ls in (("bound_stale_sharp", "Thm 3.7 (sharp) shape, rescaled", (0, (4, 1, 1, 1))),
+                                      ("bound_stale_chain", "chain-rule stale bound shape, rescaled", (0, (1, 1)))):
+                    if key not in c:
+                        continue
+                    b = np.asarray(c[key]["mean"], dtype=float)
+                    if b[0] > 0 and y[0] > 0:
+                        (h,) = ax.plot(n, b * y[0] / b[0], color="0.4", linestyle=ls, linewidth=0.9)
+                        handles[name] = h
+        for k, (text, colour) in enumerate(notes):
+            ax.text(0.03, 0.97 - 0.1 * k, text, transform=ax.transAxes, fontsize=5.5, color=colour, va="top")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_title(f"{family}")
-        ax.set_xlabel("team size N (agents)")
-        ax.set_ylabel("stage penalty |Σ gap| (return units)")
-        ax.set_xticks([2, 4, 8, 16, 32])
-        ax.get_xaxis().set_major_formatter(__import__("matplotlib").ticker.ScalarFormatter())
-        ax.legend(loc="best", fontsize=5.2, handlelength=1.8)
-    fig.suptitle(f"Surrogate penalty vs team size (per-agent KL δ = {delta:g}, mean over seeds, 5–95% band)", fontsize=8)
-    fig.tight_layout()
+        ax.set_title(family, pad=2)
+        ax.set_xlabel("team size N")
+        if n_all is not None:
+            ticks = [t for t in (2, 4, 8, 16, 32) if n_all.min() <= t <= n_all.max()]
+            ax.xaxis.set_major_locator(mticker.FixedLocator(ticks))
+            ax.xaxis.set_major_formatter(mticker.FixedFormatter([str(t) for t in ticks]))
+            ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+    for row in axes:
+        row[0].set_ylabel("penalty |Σ gap| (return)")
+    legend_ax = axes.flat[len(families)]
+    legend_ax.legend(list(handles.values()), list(handles.keys()), loc="center", fontsize=6)
+    fig.suptitle(f"Stage penalty vs team size, per-agent KL δ = {delta:g} (mean over seeds, 5–95% band; "
+                 f"dotted: fitted N^α)", fontsize=7.5)
+    fig.tight_layout(h_pad=0.6, w_pad=0.6)
     return save(fig, out, "scaling_penalty")
 
 

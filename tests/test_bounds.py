@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - families is written by another helper
     families = None
     FAMILY_NAMES = ()
 
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 GAMMAS = st.sampled_from([0.0, 0.5, 0.9, 0.95, 0.99])
 DIRECTIONS = st.sampled_from(["advantage", "neg_advantage", "random", "indicator"])
 
@@ -69,12 +69,16 @@ instances = st.fixed_dictionaries({
 })
 
 
-def make_stage(p: dict, convention: str):
+def make_stage(p: dict, convention: str, with_kl0: bool = False):
     mdp, pi = build_instance(p["source"], p["n_agents"], p["gamma"], p["seed"], p["rounds"])
     order = list(np.random.default_rng(p["seed"]).permutation(mdp.n_agents))
     new, _ = trust_region_stage(mdp, pi, order, math.exp(p["log_delta"]),
                                 direction=direction_arg(p["direction"], mdp, p["seed"]), convention=convention)
-    return evaluate_stage(mdp, pi, order, new), p["gamma"]
+    with np.errstate(invalid="ignore"):
+        stage = evaluate_stage(mdp, pi, order, new)
+    if with_kl0:
+        return stage, p["gamma"], B.stage_start_kls(mdp, pi, order, new)
+    return stage, p["gamma"]
 
 
 def assert_holds(check: B.BoundCheck) -> None:
@@ -123,6 +127,30 @@ def test_sat_forms(p, scale) -> None:
     for i in range(2, len(stage.updates) + 1):
         assert_holds(B.stale_surrogate_bound(stage, i, gamma, "forward_max", scale))
     assert_holds(B.stale_stage_bound(stage, gamma, "forward_max", scale, "sharp"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Chain-rule forms (derived in occupancy.bounds, not in the papers)
+
+
+@SETTINGS
+@given(p=instances, scale=st.sampled_from(["a_max", "eps"]), convention=st.sampled_from(["reverse", "forward_max"]))
+def test_chain_rule_forms(p, scale, convention) -> None:
+    stage, gamma, kl0 = make_stage(p, convention, with_kl0=True)
+    for kl in ("reverse", "forward_max"):
+        for u in stage.updates:
+            assert_holds(B.per_update_bound_chain(u, gamma, kl, scale))
+        for i in range(2, len(stage.updates) + 1):
+            assert_holds(B.stale_surrogate_bound_chain(stage, i, gamma, kl, scale, kl0))
+        assert_holds(B.stale_stage_bound_chain(stage, gamma, kl, scale, kl0))
+
+
+def test_chain_rule_constant_is_smaller_for_gamma_above_half() -> None:
+    for gamma in (0.6, 0.9, 0.99):
+        ratio = B.chain_constant(gamma, 1.0) / B.penalty_constant(gamma, 1.0)
+        assert ratio == pytest.approx(math.sqrt((1 - gamma) / gamma))
+        assert ratio < 1
+    assert B.chain_constant(0.5, 1.0) == pytest.approx(B.penalty_constant(0.5, 1.0))
 
 
 # ---------------------------------------------------------------------------------------------

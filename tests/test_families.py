@@ -172,3 +172,29 @@ def test_chain_rewards_depend_on_adjacent_pair_only():
             ys = np.flatnonzero(t_dense[x, a] > 0)
             assert np.argmax(t_dense[x, a]) in ys
             assert coords["context"][np.argmax(t_dense[x, a])] == a
+
+
+def _stale_penalty_exponent(scale: str, ns=(4, 8, 16)) -> float:
+    """Fitted exponent of the stale-occupancy stage penalty in N when every agent takes a small
+    step of fixed per-state size along the stage-start advantage (evaluated exactly)."""
+    from occupancy.exact import evaluate_stage
+
+    pens = []
+    for n in ns:
+        mdp = make_family("agree", n, seed=0, rounds=1, gamma=0.99, scale=scale)
+        pi0 = np.full((mdp.n_states, 2), 0.5)
+        adv = evaluate(mdp, pi0).A
+        size = np.abs(adv).max(axis=1, keepdims=True)
+        step = np.where(size > 1e-12, adv / np.where(size > 0, size, 1.0), 0.0)
+        pi1 = pi0 * np.exp(0.02 * step)
+        pi1 /= pi1.sum(axis=1, keepdims=True)
+        stage = evaluate_stage(mdp, pi0, list(range(n)), [pi1] * n)
+        pens.append(stage.penalty("stale_occ"))
+        assert stage.penalty("seq") < 1e-12  # one round: the intermediate surrogate is exact
+    return float(np.polyfit(np.log(ns), np.log(pens), 1)[0])
+
+
+def test_agree_stale_penalty_grows_like_pairs():
+    """Dense pairwise interactions: N^2 when A_max grows like N, about N at fixed A_max."""
+    assert 1.7 < _stale_penalty_exponent("pair") < 2.5
+    assert 0.7 < _stale_penalty_exponent("agent") < 1.5

@@ -171,3 +171,23 @@ def test_quick_is_degeneracy_runs(tmp_path, monkeypatch) -> None:
     assert happo[(3, 1)]["ess_frac_mean"] == pytest.approx(1.0)  # nobody updated yet: all weights 1
     assert happo[(3, 3)]["ess_frac_mean"] < 1.0
     assert all(r["max_mean"] <= 1.0 + 1e-12 for r in sat.values())  # truncated at 1
+
+
+@pytest.mark.parametrize("family", ["board", "agree", "crowd"])
+def test_stage_evaluation_reuse_equals_evaluate_stage(family) -> None:
+    from experiments.scaling_sweep import evaluate_stage_reusing, make_instance
+    from occupancy import families
+
+    mdp = make_instance(family, 3, seed=2, rounds=2, gamma=0.9)
+    pi = families.initial_policy(mdp, 2, 1.0)
+    order = [1, 0, 2]
+    evals: list = []
+    new, _ = trust_region_stage(mdp, pi, order, 0.02, weighting="agent", evaluations=evals)
+    assert len(evals) == 3
+    ref = evaluate_stage(mdp, pi, order, new)
+    got = evaluate_stage_reusing(mdp, pi, order, new, evals, method="auto")
+    assert got.order == ref.order
+    assert got.J_start == pytest.approx(ref.J_start, abs=1e-12) and got.J_end == pytest.approx(ref.J_end, abs=1e-12)
+    for a, b in zip(got.updates, ref.updates):
+        for name in a.__dataclass_fields__:
+            assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-9, abs=1e-12), name
