@@ -113,6 +113,13 @@ def save_run_metadata(out: Path, config: Any, seeds: Iterable[int]) -> None:
     write_json(out / "seeds.json", {"seeds": [int(s) for s in seeds]})
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (s): a load-independent
+    measure of an experiment's cost (wall time depends on what else the machine runs)."""
+    t = os.times()
+    return float(t.user + t.system + t.children_user + t.children_system)
+
+
 # ---------------------------------------------------------------------------------------------
 # Power-law fits
 

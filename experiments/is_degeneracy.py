@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from experiments.common import results_dir, save_run_metadata, write_csv, write_json
+from experiments.common import cpu_seconds, results_dir, save_run_metadata, write_csv, write_json
 
 IS_MODES = ("stale_is", "stale_happo")
 
@@ -41,9 +41,9 @@ class DegeneracyConfig:
     prompts and group_size (B = prompts * group_size trajectories per batch); rounds; gamma;
     temperature (initial policy); workers."""
 
-    families: tuple[str, ...] = ("layered", "board", "vote", "chain")
+    families: tuple[str, ...] = ("layered", "board", "vote", "chain", "agree")
     n_agents: tuple[int, ...] = (2, 3, 5, 8)
-    deltas: tuple[float, ...] = (0.01, 0.05, 0.2)
+    deltas: tuple[float, ...] = (0.01, 0.1, 1.0)
     seeds: int = 10
     prompts: int = 128
     group_size: int = 8
@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(cfg.seed0, cfg.seed0 + cfg.seeds))
     jobs = sorted(((cfg, f, n, s) for f in cfg.families for n in cfg.n_agents for s in seeds), key=lambda j: -j[2])
     start = time.time()
+    cpu0 = cpu_seconds()
     records: list[dict] = []
     pool = multiprocessing.get_context("fork").Pool(cfg.workers) if cfg.workers > 1 else None
     results = pool.imap_unordered(run_instance, jobs) if pool else map(run_instance, jobs)
@@ -190,20 +191,21 @@ def main(argv: list[str] | None = None) -> int:
             pool.close()
             pool.join()
     elapsed = time.time() - start
+    cpu = cpu_seconds() - cpu0
     records.sort(key=lambda r: (r["family"], r["mode"], r["delta"], r["N"], r["step"], r["seed"]))
     rows = summarize(records)
     out = results_dir(cfg.out)
     save_run_metadata(out, cfg, seeds)
     write_csv(out / "records.csv", records)
     write_csv(out / "summary.csv", rows)
-    write_json(out / "summary.json", {"elapsed_s": elapsed, "rows": rows})
+    write_json(out / "summary.json", {"elapsed_s": elapsed, "cpu_s": cpu, "rows": rows})
     for family in cfg.families:
         for delta in cfg.deltas:
             print(format_table(rows, family, delta))
             print()
     print("ESS/B = (sum w)^2 / (B sum w^2) over the B stage-start trajectories; w = min(1, rho) (stale_is, SAT) or rho "
           "(stale_happo, HAPPO), rho = product of pi_new/pi_cur over the already-updated agents' messages; mean±std over seeds.")
-    print(f"{len(jobs)} instances in {elapsed:.1f} s; results: {out}")
+    print(f"{len(jobs)} instances in {elapsed:.1f} s wall, {cpu:.1f} s CPU; results: {out}")
     return 0
 
 

@@ -95,7 +95,7 @@ class PnPTabularConfig:
     seeds: int = 5
     seed0: int = 0
     trainer: str = "sampled"
-    pretrain_stages: int = 8
+    pretrain_stages: int = 4
     continue_stages: int = 10
     delta: float = 0.05
     prompts_per_stage: int = 32
@@ -104,7 +104,7 @@ class PnPTabularConfig:
     epochs: int = 4
     minibatch_size: int = 64
     replacements: tuple[str, ...] = REPLACEMENTS
-    stronger_temperature: float = 0.2
+    stronger_temperature: float = 0.05
     random_temperature: float = 1.0
     perturb_sigma: float = 2.0
     deltas0: tuple[float, ...] = (0.01, 0.05, 0.2)

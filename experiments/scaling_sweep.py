@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from experiments.common import bootstrap_power_fit, results_dir, save_run_metadata, write_csv, write_json
+from experiments.common import cpu_seconds, bootstrap_power_fit, results_dir, save_run_metadata, write_csv, write_json
 from occupancy import bounds as B
 from occupancy.exact import evaluate_stage
 
@@ -403,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     # largest instances first so that the two workers finish together
     jobs = sorted(((cfg, f, n, s) for f in cfg.families for n in cfg.n_agents for s in seeds), key=lambda j: -j[2])
     start = time.time()
+    cpu0 = cpu_seconds()
     records: list[dict] = []
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     pool = multiprocessing.get_context("fork").Pool(cfg.workers) if cfg.workers > 1 else None
@@ -415,13 +416,14 @@ def main(argv: list[str] | None = None) -> int:
             pool.close()
             pool.join()
     elapsed = time.time() - start
+    cpu = cpu_seconds() - cpu0
     records.sort(key=lambda r: (r["family"], r["mode"], r["delta"], r["N"], r["seed"]))
     fits, curves = fit_table(records, cfg)
 
     out = results_dir(cfg.out)
     save_run_metadata(out, cfg, seeds)
     write_csv(out / "records.csv", records)
-    write_json(out / "fits.json", {"elapsed_s": elapsed, "workers": cfg.workers, "fits": fits})
+    write_json(out / "fits.json", {"elapsed_s": elapsed, "cpu_s": cpu, "workers": cfg.workers, "fits": fits})
     write_csv(out / "fits.csv", fits)
     write_json(out / "curves.json", {"config": cfg, "curves": curves})
 
@@ -432,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     print("a(bound): exponent of the bound's penalty (Thm 3.6 for intermediate, Thm 3.7 sharp for stale);")
     print("a(chain): exponent of the chain-rule bound (occupancy.bounds, derived here; N^1.5 for the stale form);")
     print("a(Amax), a(drift): exponents of A_max and of the last update's occupancy drift.")
-    print(f"{len(jobs)} (family, N, seed) instances x {len(cfg.deltas)} deltas in {elapsed:.1f} s on {cfg.workers} worker(s)")
+    print(f"{len(jobs)} (family, N, seed) instances x {len(cfg.deltas)} deltas in {elapsed:.1f} s wall, {cpu:.1f} s CPU, {cfg.workers} worker(s)")
     print(f"results: {out}")
     return 0
 

@@ -332,16 +332,20 @@ class Trainer:
         return state
 
     # ------------------------------------------------------------------ metrics
-    def _open_logs(self, truncate_after: int | None) -> None:
+    def _open_logs(self, resumed: _State | None) -> None:
+        """Open metrics.jsonl; on resume drop the lines written after the cursor (a kill between
+        logging and writing the cursor would otherwise duplicate them)."""
         path = self.output_dir / "metrics.jsonl"
-        if truncate_after is not None and path.is_file():
+        if resumed is not None and path.is_file():
             kept = []
             for line in path.read_text(encoding="utf-8").splitlines():
                 row = json.loads(line)
-                if row.get("update", 0) <= truncate_after:
+                if "agent" in row and row["update"] <= resumed.updates_done:
+                    kept.append(line)
+                elif "agent" not in row and row["stage"] < resumed.stage:
                     kept.append(line)
             atomic_write_text(path, "".join(k + "\n" for k in kept))
-        elif truncate_after is None and path.exists():
+        elif resumed is None and path.exists():
             path.unlink()
         self._metrics = path.open("a", encoding="utf-8")
         self._tb = None
@@ -434,7 +438,7 @@ class Trainer:
             state.agent_files = {}
             self._collect_garbage(state)
         atomic_write_text(self.output_dir / "config.yaml", yaml.safe_dump(self.resolved_config(), sort_keys=False))
-        self._open_logs(truncate_after=state.updates_done if resumed_from is not None else None)
+        self._open_logs(state if resumed_from is not None else None)
         self._history_seen = 0
         fine_grained = core_supports_update_resume()
         total = self.config.train.stages * n

@@ -38,16 +38,25 @@ def truth_vs_bound(results: Path, out: Path) -> list[Path]:
             continue
         truth, bound = np.asarray(data[key]["truth"]), np.asarray(data[key]["bound"])
         ax.scatter(bound, truth, s=2, alpha=0.35, color=colour, label=label, linewidths=0, rasterized=True)
+    import matplotlib.ticker as mticker
+
     lim = 1e-4
-    ax.set_xscale("symlog", linthresh=lim)
-    ax.set_yscale("symlog", linthresh=lim)
-    lo, hi = ax.get_xlim()
-    grid = np.concatenate([-np.logspace(np.log10(max(-lo, 2 * lim)), np.log10(lim), 50), np.linspace(-lim, lim, 20),
-                           np.logspace(np.log10(lim), np.log10(max(hi, 2 * lim)), 50)])
+    allx = np.concatenate([np.asarray(data[k]["bound"]) for k, _ in SHOWN[:3] if k in data])
+    ally = np.concatenate([np.asarray(data[k]["truth"]) for k, _ in SHOWN[:3] if k in data])
+    lo = float(min(np.quantile(allx, 0.001), np.quantile(ally, 0.001)))
+    hi = float(max(np.quantile(allx, 0.999), np.quantile(ally, 0.999)))
+    for axis in ("x", "y"):
+        getattr(ax, f"set_{axis}scale")("symlog", linthresh=lim)
+        getattr(ax, f"{axis}axis").set_major_locator(mticker.SymmetricalLogLocator(linthresh=lim, base=100))
+        getattr(ax, f"{axis}axis").set_minor_locator(mticker.NullLocator())
+    ax.set_xlim(lo * 1.5 if lo < 0 else -lim, hi * 1.5)
+    ax.set_ylim(lo * 1.5 if lo < 0 else -lim, hi * 1.5)
+    grid = np.concatenate([-np.logspace(np.log10(max(-lo * 1.5, 2 * lim)), np.log10(lim), 50), np.linspace(-lim, lim, 20),
+                           np.logspace(np.log10(lim), np.log10(max(hi * 1.5, 2 * lim)), 50)])
     ax.plot(grid, grid, color="0.2", linewidth=0.8, label="truth = bound")
     ax.set_xlabel("lower bound (return units, symlog)")
     ax.set_ylabel("true improvement (return units, symlog)")
-    ax.legend(loc="upper left", fontsize=5.5, markerscale=3)
+    ax.legend(loc="lower right", fontsize=5.5, markerscale=3)
     ax.set_title("Per-update improvement vs bound (random subsample)")
     return save(fig, out, "bound_truth_vs_bound")
 

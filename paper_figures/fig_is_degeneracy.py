@@ -40,6 +40,8 @@ def is_degeneracy(results: Path, out: Path) -> list[Path]:
         ax_e.set_ylim(0, 1.02)
         ax_q.set_ylabel("P99 of weight (HAPPO)")
         ax_q.set_yscale("log")
+        ax_q.yaxis.set_major_formatter(__import__("matplotlib").ticker.FormatStrFormatter("%g"))
+        ax_q.yaxis.set_minor_formatter(__import__("matplotlib").ticker.NullFormatter())
         ax_q.set_xlabel("update step i (agents already updated: i − 1)")
     axes[0, 0].plot([], [], "k-", label="HAPPO ρ")
     axes[0, 0].plot([], [], "k--", label="SAT min(1, ρ)")

@@ -71,7 +71,7 @@ def scaling_penalty(results: Path, out: Path) -> list[Path]:
             ax.fill_between(n, c["penalty"]["q05"], c["penalty"]["q95"], color=colour, alpha=0.12, linewidth=0)
             if f is not None and np.isfinite(f["alpha"]):
                 if mode != "stale_batch":
-                    notes.append((f"{short}: α={f['alpha']:.2f} [{f['ci_low']:.2f}, {f['ci_high']:.2f}]", colour))
+                    notes.append((f"{short} α={f['alpha']:.2f} [{f['ci_low']:.2f},{f['ci_high']:.2f}]", colour))
                 fit_y = np.exp(f["intercept"]) * n ** f["alpha"] if "intercept" in f else y[0] * (n / n[0]) ** f["alpha"]
                 ax.plot(n, fit_y, ":", color=colour, linewidth=0.8)
             if mode == "stale_occ":
@@ -84,7 +84,8 @@ def scaling_penalty(results: Path, out: Path) -> list[Path]:
                         (h,) = ax.plot(n, b * y[0] / b[0], color="0.4", linestyle=ls, linewidth=0.9)
                         handles[name] = h
         for k, (text, colour) in enumerate(notes):
-            ax.text(0.03, 0.97 - 0.1 * k, text, transform=ax.transAxes, fontsize=5.5, color=colour, va="top")
+            ax.text(0.03, 0.97 - 0.09 * k, text, transform=ax.transAxes, fontsize=5, color=colour, va="top",
+                    bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 0.5})
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(family, pad=2)
@@ -114,6 +115,9 @@ def scaling_exponents(results: Path, out: Path) -> list[Path]:
     modes = ("seq", "stale_occ", "stale_batch")
     fig, ax = new_figure(height=2.6)
     width = 0.8 / (len(modes) * len(deltas))
+    finite = [f for f in fits if not f.get("exact") and np.isfinite(f["alpha"])]
+    lo = min([-1.5] + [f["ci_low"] if np.isfinite(f["ci_low"]) else f["alpha"] for f in finite]) - 0.3
+    hi = max([2.5] + [f["ci_high"] if np.isfinite(f["ci_high"]) else f["alpha"] for f in finite]) + 0.3
     for fi, family in enumerate(families):
         for mi, mode in enumerate(modes):
             for di, delta in enumerate(deltas):
@@ -122,7 +126,7 @@ def scaling_exponents(results: Path, out: Path) -> list[Path]:
                     continue
                 x = fi - 0.4 + width * (mi * len(deltas) + di + 0.5)
                 if f.get("exact") or not np.isfinite(f["alpha"]):
-                    ax.plot(x, -2.9, marker="x", color=MODE_COLOURS[mode], markersize=3)
+                    ax.plot(x, lo + 0.15, marker="x", color=MODE_COLOURS[mode], markersize=3)
                     continue
                 ax.errorbar(x, f["alpha"], yerr=[[f["alpha"] - f["ci_low"]], [f["ci_high"] - f["alpha"]]],
                             fmt="o", color=MODE_COLOURS[mode], markersize=2.5, elinewidth=0.8,
@@ -131,12 +135,12 @@ def scaling_exponents(results: Path, out: Path) -> list[Path]:
         ax.axhline(ref, color="0.5", linewidth=0.6, linestyle="--")
     ax.axhline(0.0, color="0.3", linewidth=0.5)
     ax.set_xticks(range(len(families)))
-    ax.set_xticklabels(families)
+    ax.set_xticklabels(families, rotation=30, ha="right")
     ax.set_ylabel("fitted exponent α (penalty ∝ N^α)")
-    ax.set_ylim(-3, 3)
+    ax.set_ylim(lo, hi)
     for mode in modes:
         ax.plot([], [], "o", color=MODE_COLOURS[mode], label=MODE_LABELS[mode])
     ax.plot([], [], "x", color="0.3", label="exact (penalty 0)")
-    ax.legend(loc="lower left", fontsize=5.5, ncol=2)
+    ax.legend(loc="upper left", fontsize=5.5, ncol=2)
     ax.set_title(f"Exponents with 95% bootstrap CI; δ = {', '.join(f'{d:g}' for d in deltas)} (light to dark)")
     return save(fig, out, "scaling_exponents")

@@ -192,6 +192,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_model_dirs, tmp_path, 
         assert cursor["rng"] == ref_cursor["rng"] and cursor["betas"] == ref_cursor["betas"]
         rows = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
         assert [r["update"] for r in rows if "agent" in r] == [1, 2, 3, 4, 5, 6]
+        assert [r["stage"] for r in rows if "agent" not in r] == [0, 1]
     # a finished run resumed again does nothing; a different config is refused
     again = _trainer(cfg_a).run()
     assert again.updates_done == 6 and again.reports == []

@@ -140,7 +140,9 @@ class HFBackend:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("HFBackend.generate: empty prompt")
         out: list[Generation] = []
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        device = next(self.models[agent].parameters()).device
+        devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             if seed is not None:
                 torch.manual_seed(seed)
