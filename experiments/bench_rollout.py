@@ -18,7 +18,6 @@ Runs without vLLM (prints that vLLM is absent and reports the transformers backe
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -118,11 +117,14 @@ def logprob_gap(model: torch.nn.Module, prompts: list[list[int]], gens: list[Gen
 
 def timed_generate(backend: Any, prompts: list[list[int]], sampling: SamplingConfig, seed: int,
                    repeats: int) -> tuple[list[Generation], float, int]:
-    """Best-of-``repeats`` wall time of one batched generate call (after a short warm-up)."""
+    """Best-of-``repeats`` wall time of one batched generate call (after a short warm-up; vLLM's
+    prefix cache is emptied before each timed call, so both backends prefill every prompt)."""
     backend.generate(0, prompts[:2], SamplingConfig(max_new_tokens=4, temperature=sampling.temperature,
                                                     top_p=sampling.top_p), seed=seed)
     best, gens = float("inf"), []
     for r in range(repeats):
+        for engine in getattr(backend, "engines", []):
+            engine.reset_prefix_cache()  # no head start from the warm-up's cached prompts
         t0 = time.perf_counter()
         gens = backend.generate(0, prompts, sampling, seed=seed + r)
         best = min(best, time.perf_counter() - t0)

@@ -130,10 +130,9 @@ class LLMAgent(torch.nn.Module):
             idx = rows[start : start + self.micro_batch_size]
             pieces.append((idx, self._forward_rows(batch, idx)))
         index = torch.tensor([i for idx, _ in pieces for i in idx], device=device)
-        values = torch.cat([v for _, v in pieces], dim=0)
-        if values.shape[1] < t:
-            values = torch.nn.functional.pad(values, (0, t - values.shape[1]))
-        return out.index_copy(0, index, values[:, :t])
+        # micro-batches have their own longest message: right pad each to T before joining
+        values = torch.cat([torch.nn.functional.pad(v, (0, t - v.shape[1])) for _, v in pieces], dim=0)
+        return out.index_copy(0, index, values)
 
     def _forward_rows(self, batch: MessageBatch, rows: list[int]) -> Tensor:
         """Teacher-forced log-probs (R, T_r) of the messages of ``rows`` (right padded with 0).

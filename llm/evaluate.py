@@ -207,7 +207,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 def eval_config_from_dict(data: dict[str, Any]) -> EvalConfig:
     """A validated :class:`EvalConfig`; the team and sampling sections are validated by
-    :func:`llm.config.config_from_dict` (with a placeholder task that loads nothing)."""
+    :func:`llm.config.config_from_dict` (with an empty task section, which loads nothing)."""
     from llm.config import config_from_dict
 
     if not isinstance(data, dict):
@@ -279,6 +279,7 @@ class TeamGenerator:
         self.router_config = router
         self.seed = seed
         self.tokens_generated = 0
+        self.tokens_by_agent: dict[int, int] = {}
 
     def _sampling(self, agent: int) -> Any:
         from llm.rollout.base import SamplingConfig
@@ -296,7 +297,9 @@ class TeamGenerator:
     def _generate(self, agent: int, prompts: list[list[int]], seed: int) -> list[tuple[str, str]]:
         gens = self.backend.generate(agent, prompts, self._sampling(agent), seed=seed)
         tok = self.team[agent].tokenizer
-        self.tokens_generated += sum(len(g.token_ids) for g in gens)
+        n_tokens = sum(len(g.token_ids) for g in gens)
+        self.tokens_generated += n_tokens
+        self.tokens_by_agent[agent] = self.tokens_by_agent.get(agent, 0) + n_tokens
         return [(tok.decode(g.token_ids, skip_special_tokens=True), g.finish_reason) for g in gens]
 
     def user_message(self, problem: Problem, previous: list[Message]) -> str:
@@ -538,11 +541,9 @@ def make_backend(config: EvalConfig, team: Any) -> Any:
         from llm.rollout.hf import HFBackend
 
         return HFBackend.from_team(team, batch_size=config.sampling.batch_size)
-    try:
-        from llm.rollout import vllm as vllm_backend  # type: ignore[attr-defined]
-    except ImportError as err:
-        raise EvalConfigError("sampling.backend 'vllm' needs llm/rollout/vllm.py and the vllm package") from err
-    return vllm_backend.VLLMBackend.from_team(team, config)  # pragma: no cover
+    from llm.rollout.vllm import VLLMBackend  # raises a clear error when vllm is not installed
+
+    return VLLMBackend.from_team(team, batch_size=config.sampling.batch_size)  # pragma: no cover
 
 
 def _run_benchmark(b: BenchmarkEntry, items: list[Problem], grader: Callable[[str, Problem], Grade],
@@ -559,7 +560,7 @@ def _run_benchmark(b: BenchmarkEntry, items: list[Problem], grader: Callable[[st
         path = trace_dir / "single.jsonl"
         done = _resumable(path, index, k, names)
         todo = [p for p in items if p.id not in done]
-        start, tokens0 = time.monotonic(), gen.tokens_generated
+        start, tokens0 = time.monotonic(), dict(gen.tokens_by_agent)
         bar = _progress(len(todo), f"{b.name} single", ev.progress)
         for chunk in _chunks(todo, ev.problems_per_step):
             msgs = gen.single(chunk, k, seed=ev.seed * 7919 + index[chunk[0].id] + 1)
@@ -574,8 +575,10 @@ def _run_benchmark(b: BenchmarkEntry, items: list[Problem], grader: Callable[[st
                 done[p.id] = rec
             bar.update(len(chunk))
         bar.close()
-        run.tokens["single"] = gen.tokens_generated - tokens0
-        run.seconds["single"] = time.monotonic() - start
+        elapsed = time.monotonic() - start
+        for j, name in enumerate(names):
+            run.tokens[f"single/{name}"] = gen.tokens_by_agent.get(j, 0) - tokens0.get(j, 0)
+            run.seconds[f"single/{name}"] = elapsed  # the phase generates for all agents together
         per_problem = [done[p.id] for p in items]
         for j, name in enumerate(names):
             run.results[f"single/{name}"] = [[sample_result(kind, s) for s in rec["agents"][j]["samples"]] for rec in per_problem]
@@ -586,7 +589,7 @@ def _run_benchmark(b: BenchmarkEntry, items: list[Problem], grader: Callable[[st
         per_agent_results = [[run.results[f"single/{n}"][i] for n in names] for i in range(len(items))]
         if "best_of" in ev.protocols:
             best = [best_of_with_winners(pa) for pa in per_agent_results]
-            run.results["best_of"] = [b[0] for b in best]
+            run.results["best_of"] = [x[0] for x in best]
             _write_derived(trace_dir / "best_of.jsonl", "best_of", items, k, best, names)
         if "majority" in ev.protocols:
             maj = [majority_samples(pa) for pa in per_agent_results]
@@ -659,10 +662,9 @@ def build_summary(runs: Sequence[BenchmarkRun], agent_names: Sequence[str], ev: 
                                                           seed=ev.seed).as_dict()
             row["problems"] = len(results)
             row["k"] = run.k
-            base = protocol.split("/")[0]
-            if base in run.tokens:
-                row["generated_tokens"] = run.tokens[base]
-                row["seconds"] = round(run.seconds[base], 2)
+            if protocol in run.tokens:
+                row["generated_tokens"] = run.tokens[protocol]
+                row["seconds"] = round(run.seconds[protocol], 2)
             table[protocol] = row
         out["benchmarks"][run.name] = table
     return out
@@ -689,7 +691,8 @@ def summary_table(summary: dict[str, Any]) -> str:
                          + f" | {row.get('generated_tokens', '')} | {row.get('seconds', '')} |")
         lines.append("")
     lines.append(f"Intervals: {summary['level']:.0%} percentile bootstrap over problems. "
-                 "tokens/s: generation cost of this run (0 when every problem was resumed from traces).")
+                 "tokens: generated by this run (per agent for single/*; 0 when resumed from traces); "
+                 "s: wall time of the protocol's generation phase (single/* rows share one phase).")
     return "\n".join(lines)
 
 

@@ -166,7 +166,14 @@ class TeamSampler:
             generated=False,
         )
 
+    def mark_synced(self, team: Sequence[Any]) -> None:
+        """Record that the backend already holds every agent's current weights (e.g. a backend that
+        loaded or pushed them at construction), so the next sample pushes nothing."""
+        self._synced = {j: team[j].version() for j in range(len(team))}
+
     def _sync_weights(self, team: Sequence[Any], agent: int) -> None:
+        """Push agent ``agent``'s weights to the backend if they changed since the last push
+        (detected through the in-place version counters of its trainable parameters)."""
         version = team[agent].version()
         if self._synced.get(agent) != version:
             self.backend.update_weights(agent, team[agent].model.named_parameters())

@@ -12,7 +12,8 @@ the :class:`llm.rewards.base.Grader` interface ``grader(response, problem) -> Gr
   and, if the registry is unavailable, ``integer`` fall back to the small graders of this module.
 
 Answer extraction (:func:`extract_final_answer`): the last line that starts with "Answer:", else
-the last ``<answer>...</answer>`` block, else the last ``\\boxed{...}``. A response with none of
+the last ``<answer>...</answer>`` block, else the last ``\\boxed{...}``, else the last
+"... answer is X" (small chat models often answer "The answer is 5."). A response with none of
 them is graded 0 with ``parsed=False``.
 
 ``contamination_policy`` (warn | error | off): :func:`llm.train` checks the training problems against
@@ -96,6 +97,7 @@ class TaskConfig:
 
 # ---------------------------------------------------------------------------- answer extraction
 _ANSWER_LINE = re.compile(r"^\s*\**\s*answer\s*\**\s*[:：]\s*(.+?)\s*$", flags=re.IGNORECASE | re.MULTILINE)
+_ANSWER_IS = re.compile(r"\banswer is\s*:?\s*([^\n]+?)\s*\.?\s*(?:\n|$)", flags=re.IGNORECASE)
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", flags=re.DOTALL | re.IGNORECASE)
 
 
@@ -119,7 +121,11 @@ def extract_final_answer(response: str) -> str | None:
     tags = _ANSWER_TAG.findall(response)
     if tags:
         return tags[-1].strip()
-    return _last_boxed(response)
+    boxed = _last_boxed(response)
+    if boxed is not None:
+        return boxed
+    said = _ANSWER_IS.findall(response)
+    return said[-1].strip().strip("$").strip() if said else None
 
 
 def _normalise(text: str) -> str:

@@ -235,6 +235,7 @@ class Trainer:
         self.sampler = TeamSampler(self.backend, self.task.grader, temperature=cfg.sampling.temperature,
                                    top_p=cfg.sampling.top_p, seed=cfg.train.seed + 1,
                                    recompute_logprobs=cfg.sampling.recompute_logprobs)
+        self.sampler.mark_synced(self.team)  # the backend starts from the loaded weights
         self.prompt_source = PromptSource(self.task.problems, seed=cfg.train.seed + 2)
         self.rng = np.random.default_rng(cfg.train.seed)
 

@@ -31,21 +31,27 @@ def is_degeneracy(results: Path, out: Path) -> list[Path]:
                 steps = sorted(set(r["step"] for r in sel))
                 ess = [np.mean([r["ess_frac_mean"] for r in sel if r["step"] == s]) for s in steps]
                 p99 = [np.mean([r["p99_mean"] for r in sel if r["step"] == s]) for s in steps]
+                wmax = [np.mean([r["max_mean"] for r in sel if r["step"] == s]) for s in steps]
                 label = f"N={n}" if mode == "stale_happo" else None
                 ax_e.plot(steps, ess, style, marker="o", color=colour, label=label)
                 if mode == "stale_happo":
                     ax_q.plot(steps, p99, style, marker="o", color=colour)
+                    ax_q.plot(steps, wmax, ":", color=colour, linewidth=0.9)
         ax_e.set_title(f"per-agent KL δ = {delta:g}")
         ax_e.set_ylabel("ESS / B")
         ax_e.set_ylim(0, 1.02)
-        ax_q.set_ylabel("P99 of weight (HAPPO)")
+        import matplotlib.ticker as mticker
+
+        ax_q.set_ylabel("HAPPO weight: P99 (—), max (⋯)")
         ax_q.set_yscale("log")
-        ax_q.yaxis.set_major_formatter(__import__("matplotlib").ticker.FormatStrFormatter("%g"))
-        ax_q.yaxis.set_minor_formatter(__import__("matplotlib").ticker.NullFormatter())
-        ax_q.set_xlabel("update step i (agents already updated: i − 1)")
+        ax_q.yaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 3.0)))
+        ax_q.yaxis.set_major_formatter(mticker.FormatStrFormatter("%g"))
+        ax_q.yaxis.set_minor_formatter(mticker.NullFormatter())
+        ax_q.set_xlabel("update step i")
     axes[0, 0].plot([], [], "k-", label="HAPPO ρ")
     axes[0, 0].plot([], [], "k--", label="SAT min(1, ρ)")
     axes[0, 0].legend(loc="lower left", fontsize=5.5, ncol=2)
-    fig.suptitle("Importance weights on the stage-start batch (mean over families and seeds)", fontsize=8)
+    fig.suptitle("Importance weights on the stage-start batch at update i (i − 1 agents already updated; "
+                 "mean over families and seeds)", fontsize=8)
     fig.tight_layout()
     return save(fig, out, "is_degeneracy")

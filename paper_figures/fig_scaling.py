@@ -107,8 +107,9 @@ def scaling_penalty(results: Path, out: Path) -> list[Path]:
 
 @figure("scaling_exponents", needs=NEEDS, command=COMMAND)
 def scaling_exponents(results: Path, out: Path) -> list[Path]:
-    """Fitted exponent alpha (penalty ~ N^alpha) with its 95% bootstrap interval per family and
-    evaluation, for every delta (marker shade), beside the references 1 and 2."""
+    """Fitted exponent alpha (penalty ~ N^alpha, all N) with its 95% bootstrap interval per family
+    and evaluation, for every delta (marker shade), the large-N slope (open diamonds, N >= 8),
+    beside the references 1 and 2."""
     fits = [f for f in read_json(results / "scaling_sweep/fits.json")["fits"] if f["metric"] == "penalty"]
     families = list(dict.fromkeys(f["family"] for f in fits))
     deltas = sorted(set(f["delta"] for f in fits))
@@ -117,7 +118,7 @@ def scaling_exponents(results: Path, out: Path) -> list[Path]:
     width = 0.8 / (len(modes) * len(deltas))
     finite = [f for f in fits if not f.get("exact") and np.isfinite(f["alpha"])]
     lo = min([-1.5] + [f["ci_low"] if np.isfinite(f["ci_low"]) else f["alpha"] for f in finite]) - 0.3
-    hi = max([2.5] + [f["ci_high"] if np.isfinite(f["ci_high"]) else f["alpha"] for f in finite]) + 0.3
+    hi = max([2.5] + [f["ci_high"] if np.isfinite(f["ci_high"]) else f["alpha"] for f in finite]) + 1.0  # room for the legend
     for fi, family in enumerate(families):
         for mi, mode in enumerate(modes):
             for di, delta in enumerate(deltas):
@@ -131,6 +132,9 @@ def scaling_exponents(results: Path, out: Path) -> list[Path]:
                 ax.errorbar(x, f["alpha"], yerr=[[f["alpha"] - f["ci_low"]], [f["ci_high"] - f["alpha"]]],
                             fmt="o", color=MODE_COLOURS[mode], markersize=2.5, elinewidth=0.8,
                             alpha=0.45 + 0.55 * (di + 1) / len(deltas))
+                if np.isfinite(f.get("alpha_tail", np.nan)):
+                    ax.plot(x, f["alpha_tail"], marker="D", markerfacecolor="none", markeredgewidth=0.6,
+                            color=MODE_COLOURS[mode], markersize=3)
     for ref in (1.0, 2.0):
         ax.axhline(ref, color="0.5", linewidth=0.6, linestyle="--")
     ax.axhline(0.0, color="0.3", linewidth=0.5)
@@ -141,6 +145,7 @@ def scaling_exponents(results: Path, out: Path) -> list[Path]:
     for mode in modes:
         ax.plot([], [], "o", color=MODE_COLOURS[mode], label=MODE_LABELS[mode])
     ax.plot([], [], "x", color="0.3", label="exact (penalty 0)")
+    ax.plot([], [], "D", markerfacecolor="none", color="0.3", markersize=3, label="large-N slope (N ≥ 8)")
     ax.legend(loc="upper left", fontsize=5.5, ncol=2)
     ax.set_title(f"Exponents with 95% bootstrap CI; δ = {', '.join(f'{d:g}' for d in deltas)} (light to dark)")
     return save(fig, out, "scaling_exponents")

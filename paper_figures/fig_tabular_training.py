@@ -38,7 +38,7 @@ def draw(curves: list[dict], n: int, out: Path, name: str) -> list[Path]:
     """Two rows (J vs stage; J vs generated actions) x one column per family, team size ``n``."""
     sel = [c for c in curves if c["N"] == n]
     families = list(dict.fromkeys(c["family"] for c in sel))
-    fig, axes = new_figure(COLUMN_WIDTH, 3.5, 2, len(families), squeeze=False)
+    fig, axes = new_figure(COLUMN_WIDTH, 3.8, 2, len(families), squeeze=False)
     for col, family in enumerate(families):
         top, bottom = axes[0, col], axes[1, col]
         for c in sel:
@@ -56,9 +56,10 @@ def draw(curves: list[dict], n: int, out: Path, name: str) -> list[Path]:
         j_opt, j0 = first["J_opt"], first.get("J0_mean", float("nan"))
         budget = min(float(np.asarray(c["tokens"], float)[-1]) for c in sel if c["family"] == family)
         bottom.axvline(budget / 1000.0, color="0.4", linewidth=0.6, linestyle=":")
-        top.set_title(f"{family} (J0≈{j0:.2f}, J*={j_opt:.2f})", fontsize=6.5)
-        top.set_xlabel("stage", fontsize=6.5, labelpad=1)
-        bottom.set_xlabel("generated actions (×1000)", fontsize=6.5, labelpad=1)
+        top.set_title(f"{family}\nJ(π₀)≈{j0:.2f}, J*={j_opt:.2f}", fontsize=6, pad=2)
+        if col == len(families) // 2:
+            top.set_xlabel("stage (= N updates)", fontsize=6.5, labelpad=1)
+            bottom.set_xlabel("generated actions (×1000)", fontsize=6.5, labelpad=1)
         for ax in (top, bottom):
             ax.tick_params(labelsize=5.5, pad=1)
         if col == 0:

@@ -35,7 +35,12 @@ def test_packaged_files_are_byte_identical_to_the_sources(name: str) -> None:
 
 
 def test_zebralogic_is_never_packaged() -> None:
-    hits = [p for p in PROJECT_ROOT.rglob("*.jsonl") if ".venv" not in p.parts and "lgp-test-" in p.read_text(errors="ignore")[:2000]]
+    """No ZebraLogic item is shipped in the package, the tests, the configs or the docs."""
+    hits = [
+        p for folder in ("llm", "tests", "configs", "docs") for p in (PROJECT_ROOT / folder).rglob("*")
+        if p.is_file() and p.suffix in (".jsonl", ".json", ".parquet", ".yaml", ".md")
+        and "lgp-test-" in p.read_text(errors="ignore")
+    ]
     assert hits == []
 
 
@@ -83,6 +88,11 @@ def test_env_var_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEAMTR_BENCHMARKS_DIR", str(tmp_path))
     items = load_benchmark("aime2024")
     assert [p.id for p in items] == ["x-1"]
+    with pytest.raises(DataError, match=r"'math500': file not found: .*math500/test.jsonl \(from \$TEAMTR_BENCHMARKS_DIR\)"):
+        load_benchmark("math500")  # an explicit root never falls back silently
+    monkeypatch.delenv("TEAMTR_BENCHMARKS_DIR")
+    with pytest.raises(DataError, match=r"zebralogic/test.jsonl \(from root\)"):
+        load_benchmark("zebralogic", root=tmp_path)
 
 
 def test_user_jsonl_and_json(tmp_path: Path) -> None:

@@ -143,6 +143,9 @@ def test_end_to_end_tiny_team_and_resume(tmp_path: Path, tiny_team, tiny_qwen3_d
     for m in ("avg@3", "pass@3", "parse_failure"):
         assert 0.0 <= row[m]["low"] <= row[m]["value"] <= row[m]["high"] <= 1.0
     assert row["generated_tokens"] > 0
+    assert table["single/solver"]["generated_tokens"] > 0 and table["single/critic"]["generated_tokens"] > 0
+    # at most max_new_tokens (6) per message: 2 problems x K=3 per agent
+    assert table["single/solver"]["generated_tokens"] <= 2 * 3 * 6
     assert "math500" in summary["benchmarks"]
 
     # traces: one line per problem, every agent's message, extracted answer, grade

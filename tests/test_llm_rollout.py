@@ -80,6 +80,9 @@ def test_agent_log_probs_microbatch_and_gradient_isolation(team_and_task):
     team, task = team_and_task
     sampler = TeamSampler(HFBackend.from_team(team), parity_grader, temperature=1.0, seed=1)
     batch = sampler.sample(team, task.problems[:3], group_size=2)
+    # messages of different lengths (as with early EOS), so micro-batches differ in width
+    lengths = torch.arange(len(batch)) % batch.tokens.shape[1] + 1
+    batch = batch.with_fields(mask=torch.arange(batch.tokens.shape[1])[None, :] < lengths[:, None])
     agent = team[1]
     own = batch.agent == 1
     agent.micro_batch_size = 1
@@ -167,3 +170,24 @@ def test_sampler_handoff_and_prefix_reuse(team_and_task):
     # from agent 0 (first speaker) everything is regenerated
     full = sampler.resample_from(team, batch, agent=0)
     assert bool(full.generated.all())
+
+
+def test_sampler_pushes_changed_weights_only(team_and_task):
+    team, task = team_and_task
+
+    class Counting(HFBackend):
+        pushed: list[int] = []
+
+        def update_weights(self, agent, named_tensors):
+            self.pushed.append(agent)
+
+    backend = Counting.from_team(team)
+    sampler = TeamSampler(backend, parity_grader, temperature=1.0, seed=0)
+    sampler.mark_synced(team)
+    sampler.sample(team, task.problems[:1], group_size=1)
+    assert backend.pushed == []
+    with torch.no_grad():
+        next(iter(team[1].trainable_parameters())).add_(0.0)  # an in-place change (optimizer step)
+    sampler.sample(team, task.problems[:1], group_size=1)
+    sampler.sample(team, task.problems[:1], group_size=1)
+    assert backend.pushed == [1]

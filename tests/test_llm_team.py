@@ -150,6 +150,7 @@ def test_answer_extraction_and_integer_grader():
     assert extract_final_answer("Answer: 1\nthen\nanswer: $-7$") == "-7"
     assert extract_final_answer("so <answer> bob </answer>") == "bob"
     assert extract_final_answer("thus \\boxed{\\frac{1}{2}} done") == "\\frac{1}{2}"
+    assert extract_final_answer("So the answer is 5.") == "5"
     assert extract_final_answer("no answer here") is None
     p = Problem("p", "q", 1234, "integer")
     assert grade_integer("Answer: 1,234", p).score == 1.0

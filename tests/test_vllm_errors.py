@@ -87,6 +87,7 @@ def test_installed_but_broken_vllm_is_reported(monkeypatch):
         ({"max_model_len": 0}, "max_model_len"),
         ({"max_num_seqs": 0}, "max_num_seqs"),
         ({"sleep_level": 3}, "sleep_level"),
+        ({"push_via": "nccl"}, "push_via"),
         ({"sleep_between_calls": True}, "sleep_between_calls"),
     ],
 )

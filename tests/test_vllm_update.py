@@ -7,6 +7,7 @@ prefix cache dropped, on the tiny Qwen3 model and on SmolLM2-135M-Instruct. See 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -25,7 +26,8 @@ def test_update_pushes_only_that_agents_weights(tiny_model_dirs):
     greedy = SamplingConfig(max_new_tokens=16, temperature=1.0, top_p=1e-6)
     sampling = SamplingConfig(max_new_tokens=16, temperature=1.0)
     prompts = [[1, 40, 41, 42, 43, 44, 45], [1, 40, 41, 42, 50, 51], [1, 60, 61]]  # shared prefix (prefix cache)
-    with VLLMBackend(paths, [[2], [2]], ENGINE) as backend:
+    configs = [ENGINE, dataclasses.replace(ENGINE, push_via="rpc")]  # both transports
+    with VLLMBackend(paths, [[2], [2]], configs) as backend:
         before = [backend.generate(j, prompts, greedy, seed=0) for j in (0, 1)]
         sampled = backend.generate(0, prompts, sampling, seed=5)
         trained = copy.deepcopy(models[0])
@@ -42,6 +44,10 @@ def test_update_pushes_only_that_agents_weights(tiny_model_dirs):
         assert [g.token_ids for g in after[1]] == [g.token_ids for g in before[1]]
         assert [g.logprobs for g in after[1]] == [g.logprobs for g in before[1]]
         assert backend.push_stats.pushes == {0: 1}
+        # the RPC transport: agent 1 takes the trained weights too and then agrees with them
+        backend.update_weights(1, trained.named_parameters())
+        moved = backend.generate(1, prompts, sampling, seed=5)
+        assert gap(trained, prompts, moved, sampling)[1] < 1e-4
         assert gap(models[0], prompts, sampled, sampling)[1] < 1e-4  # before the push: the old weights
 
 

@@ -5,7 +5,8 @@ Where the data comes from, first match wins:
 1. ``path=``: a JSONL / JSON / parquet file, or a Hugging Face ``datasets`` id (``hf:org/name`` or
    any ``org/name`` that is not an existing path; needs ``pip install datasets`` and network);
 2. ``root=`` or the environment variable ``TEAMTR_BENCHMARKS_DIR``: a folder laid out like the
-   shared benchmark folder (``aime2024/test.jsonl``, ``zebralogic/test.jsonl``, ...);
+   shared benchmark folder (``aime2024/test.jsonl``, ``zebralogic/test.jsonl``, ...); when given,
+   it is the only place looked at;
 3. the copies packaged in ``llm/data/files/`` (AIME 2024, AIME 2025, MATH-500; MIT);
 4. ``../shared/benchmarks/`` and ``../benchmarks/`` beside the project root.
 
@@ -92,13 +93,14 @@ def resolve_benchmark_file(name: str, root: str | os.PathLike[str] | None = None
             f"benchmark {name!r} has no bundled or shared copy here; pass path=<AutoLogi_en.jsonl> "
             "(official format, github.com/8188zq/AutoLogi testing-data/) or a datasets id"
         )
-    explicit = root is not None or bool(os.environ.get(ENV_ROOT))
-    tried: list[Path] = []
-    if explicit:
+    if root is not None or os.environ.get(ENV_ROOT):
+        # an explicit root (argument or $TEAMTR_BENCHMARKS_DIR) is the only place looked at
         path = candidate_roots(root)[0] / spec.relpath
         if path.is_file():
             return path
-        tried.append(path)
+        origin = "root" if root is not None else f"${ENV_ROOT}"
+        raise DataError(f"benchmark {name!r}: file not found: {path} (from {origin})")
+    tried: list[Path] = []
     if spec.packaged is not None:
         path = PACKAGED_DIR / spec.packaged
         if path.is_file():

