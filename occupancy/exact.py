@@ -139,7 +139,9 @@ def update_kl(
     kl = kl_rows(pi_cur, pi_new) if direction == "reverse" else kl_rows(pi_new, pi_cur)
     if direction not in ("reverse", "forward"):
         raise ValueError(f"direction must be 'reverse' or 'forward', got {direction!r}")
-    total = float(np.sum(d[mask] * kl[mask]))
+    # States with zero occupancy contribute 0 even where the KL is infinite (avoid 0 * inf = nan).
+    weighted = mask & (d > 0)
+    total = float(np.sum(d[weighted] * kl[weighted]))
     if weighting == "agent":
         mass = float(d[mask].sum())
         return total / mass if mass > 0 else 0.0
