@@ -31,8 +31,10 @@ def test_train_stage_on_vllm_backend(tiny_model_dirs, tmp_path):
         assert len(history) == 3  # intermediate: a fresh sample before each of the 3 updates
         for stats in history:
             assert stats.logp_gap_max_abs is not None and stats.logp_gap_max_abs < 1e-4, stats
-        # from_team's initial push + the sampler's pushes (first use, then after each update)
-        assert all(backend.push_stats.pushes[j] >= 2 for j in range(3))
+        # from_team pushes every agent once; the sampler pushes an agent again after its update
+        # when a later sample needs it (agents 0 and 1; agent 2 is updated last)
+        pushes = backend.push_stats.pushes
+        assert pushes.get(0, 0) >= 2 and pushes.get(1, 0) >= 2 and pushes.get(2, 0) >= 1, backend.push_stats
     finally:
         close = getattr(getattr(trainer, "backend", None), "close", None)
         if close is not None:
