@@ -5,7 +5,8 @@
 when vLLM is importable, with the vLLM backend; it prints generated tokens per second of each and
 their ratio (vLLM / transformers). It also measures, for each backend, the gap between the
 sampler's log-probs and the training model's recomputed ones (mean and max |difference| per token),
-and for vLLM the engine start-up and the time of one full weight push.
+and for vLLM the engine start-up, the time of one full weight push, and the prefill time of prompts
+sharing a long handoff context with an empty vs a warm prefix cache.
 
 Both backends stop on EOS, so the token counts can differ; tokens/s counts what was generated.
 Threads: the transformers backend runs with ``--threads`` torch threads; vLLM's CPU worker binds
@@ -131,6 +132,29 @@ def timed_generate(backend: Any, prompts: list[list[int]], sampling: SamplingCon
     return gens, best, sum(len(g.token_ids) for g in gens)
 
 
+def prefix_cache_timing(backend: Any, tokenizer: Any, n: int, context_words: int = 600) -> dict[str, float]:
+    """Prefill cost of ``n`` prompts sharing a long handoff context, with an empty vs a warm prefix cache.
+
+    Every prompt is ``context ++ question_i`` (one token generated, so the call is prefill-bound);
+    the first call runs after ``reset_prefix_cache`` (cold), the second right after it (warm).
+    """
+    context = " ".join(["Agent 1 said the answer is 42 because six times seven is forty-two."] * (context_words // 12))
+    prompts = []
+    for i in range(n):
+        messages = [{"role": "user", "content": f"{context}\n\n{QUESTIONS[i % len(QUESTIONS)]}"}]
+        prompts.append(list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                          return_dict=False)))
+    one = SamplingConfig(max_new_tokens=1, temperature=1.0)
+    backend.engines[0].reset_prefix_cache()
+    t0 = time.perf_counter()
+    backend.generate(0, prompts, one, seed=0)
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    backend.generate(0, prompts, one, seed=1)
+    warm = time.perf_counter() - t0
+    return {"prefix_prompt_tokens": sum(len(p) for p in prompts), "prefix_cold_s": cold, "prefix_warm_s": warm}
+
+
 def run(config: BenchConfig, out: Path | None = None) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -168,9 +192,10 @@ def run(config: BenchConfig, out: Path | None = None) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 vb.update_weights(0, model.named_parameters())
                 push = time.perf_counter() - t0
+                prefix = prefix_cache_timing(vb, tokenizer, config.prompts)
                 rows.append({"backend": "vllm", "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
                              "startup_s": vb.startup_seconds[0], "push_s": push,
-                             "push_mib": vb.push_stats.bytes[0] / 2**20,
+                             "push_mib": vb.push_stats.bytes[0] / 2**20, **prefix,
                              **logprob_gap(scorer, prompts, gens, sampling)})
     by = {r["backend"]: r for r in rows}
     if "hf" in by and "vllm" in by:
@@ -188,7 +213,9 @@ def format_report(result: dict[str, Any], config: BenchConfig) -> str:
     for r in result["rows"]:
         extra = ""
         if r["backend"] == "vllm":
-            extra = f"  (engine start {r['startup_s']:.1f} s, weight push {r['push_s']:.2f} s / {r['push_mib']:.0f} MiB)"
+            extra = (f"  (engine start {r['startup_s']:.1f} s, weight push {r['push_s']:.2f} s / {r['push_mib']:.0f} MiB;"
+                     f" prefill of {r['prefix_prompt_tokens']} tokens sharing a context: {r['prefix_cold_s']:.2f} s cold,"
+                     f" {r['prefix_warm_s']:.2f} s with the prefix cache)")
         lines.append(f"{r['backend']:>5}: {r['tokens']} tokens in {r['seconds']:.2f} s = {r['tokens_per_s']:.1f} tok/s; "
                      f"log-prob gap vs recomputed: mean {r['gap_mean_abs']:.2e}, max {r['gap_max_abs']:.2e}{extra}")
     if "ratio_vllm_over_hf" in result:

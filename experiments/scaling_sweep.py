@@ -232,40 +232,6 @@ def _stage_record(stage, gamma: float, kl0: list[float]) -> dict[str, float]:
     }
 
 
-def evaluate_stage_reusing(mdp, pi_cur, order, new_policies, evals, method: str = "sparse"):
-    """Same result as :func:`occupancy.exact.evaluate_stage`, reusing the evaluations ``evals`` of
-    hat_pi^0..hat_pi^{N-1} that ``trust_region_stage(..., evaluations=evals)`` computed (one solve
-    instead of N + 1). tests/test_scaling.py checks it equals evaluate_stage field by field."""
-    from occupancy import exact
-
-    teams = exact.intermediate_teams(mdp, pi_cur, order, new_policies)
-    evals = list(evals) + [exact.evaluate(mdp, teams[-1], method=method, check=False)]
-    if len(evals) != len(teams):
-        raise ValueError(f"need {len(teams) - 1} evaluations (one per update), got {len(evals) - 1}")
-    e0 = evals[0]
-    nonterminal = ~mdp.terminal
-    updates = []
-    for i, agent in enumerate(order, start=1):
-        prev, new = evals[i - 1], evals[i]
-        pi_prev, pi_next = teams[i - 1], teams[i]
-        mask = mdp.agent_mask(agent)
-        f = exact.expected_advantage(pi_next, prev.A)
-        updates.append(exact.UpdateEvaluation(
-            agent=int(agent), improvement=new.J - prev.J,
-            L_seq=exact.surrogate(mdp, prev.d, prev.A, pi_next, agent),
-            L_stale_occ=exact.surrogate(mdp, e0.d, prev.A, pi_next, agent),
-            L_stale_batch=exact.surrogate(mdp, e0.d, e0.A, pi_next, agent),
-            kl_reverse=exact.update_kl(mdp, prev.d, pi_prev, pi_next, agent, "reverse", "team"),
-            kl_reverse_agent=exact.update_kl(mdp, prev.d, pi_prev, pi_next, agent, "reverse", "agent"),
-            kl_forward_max=exact.max_kl(mdp, pi_prev, pi_next, agent, "forward"),
-            tv=exact.expected_tv(mdp, prev.d, pi_prev, pi_next, agent),
-            occupancy_drift=float(np.abs(prev.d[mask] - e0.d[mask]).sum()),
-            a_max=float(np.abs(prev.A[nonterminal]).max()) if nonterminal.any() else 0.0,
-            eps_achiam=float(np.abs(f[mask]).max()) if mask.any() else 0.0,
-        ))
-    return exact.StageEvaluation(J_start=e0.J, J_end=evals[-1].J, order=tuple(int(j) for j in order), updates=tuple(updates))
-
-
 def _kl0_from(mdp, pi_cur, order, new_policies, d0) -> list[float]:
     from occupancy.exact import update_kl
 
@@ -286,7 +252,7 @@ def run_instance(job: tuple[SweepConfig, str, int, int]) -> list[dict]:
         stages = {}
         evals: list = []
         new, _ = trust_region_stage(mdp, pi, order, delta, weighting="agent", method="sparse", evaluations=evals)
-        shared = evaluate_stage_reusing(mdp, pi, order, new, evals)
+        shared = evaluate_stage(mdp, pi, order, new, method="sparse", evaluations=evals)
         kls0 = {"shared": _kl0_from(mdp, pi, order, new, evals[0].d)}
         for mode in MODES:
             if cfg.updates == "own" and mode != "seq":
@@ -294,7 +260,7 @@ def run_instance(job: tuple[SweepConfig, str, int, int]) -> list[dict]:
                 ev_m: list = []
                 new_m, _ = trust_region_stage(mdp, pi, order, delta, weighting="agent", method="sparse",
                                               direction=direction, radius_occupancy="stage_start", evaluations=ev_m)
-                stages[mode] = evaluate_stage_reusing(mdp, pi, order, new_m, ev_m)
+                stages[mode] = evaluate_stage(mdp, pi, order, new_m, method="sparse", evaluations=ev_m)
                 kls0[mode] = _kl0_from(mdp, pi, order, new_m, ev_m[0].d)
             else:
                 stages[mode] = shared

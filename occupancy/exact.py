@@ -241,9 +241,14 @@ def evaluate_stage(
     order: Sequence[int],
     new_policies: Sequence[np.ndarray],
     method: Method = "auto",
+    evaluations: Sequence[Evaluation] = (),
 ) -> StageEvaluation:
     """Exact stage evaluation: for every update the true improvement, the three surrogates, KLs,
-    TV and occupancy drift (see :class:`UpdateEvaluation`)."""
+    TV and occupancy drift (see :class:`UpdateEvaluation`).
+
+    ``evaluations`` may hold already computed evaluations of hat_pi^0, hat_pi^1, ... (a prefix of
+    the N + 1 intermediate teams, e.g. from the KL-ball steps that built the stage); the rest are
+    solved here."""
     order = tuple(int(j) for j in order)
     if sorted(order) != sorted(set(order)):
         raise ValueError(f"order must not repeat an agent, got {order}")
@@ -252,7 +257,9 @@ def evaluate_stage(
     if len(new_policies) != mdp.n_agents:
         raise ValueError(f"new_policies needs one (S, A) array per agent ({mdp.n_agents}), got {len(new_policies)}")
     teams = intermediate_teams(mdp, pi_cur, order, new_policies)
-    evals = [evaluate(mdp, t, method=method) for t in teams]
+    if len(evaluations) > len(teams):
+        raise ValueError(f"evaluations: at most {len(teams)} (hat_pi^0..hat_pi^N), got {len(evaluations)}")
+    evals = list(evaluations) + [evaluate(mdp, t, method=method) for t in teams[len(evaluations):]]
     e0 = evals[0]
     updates = []
     nonterminal = ~mdp.terminal

@@ -175,7 +175,7 @@ def test_quick_is_degeneracy_runs(tmp_path, monkeypatch) -> None:
 
 @pytest.mark.parametrize("family", ["board", "agree", "crowd"])
 def test_stage_evaluation_reuse_equals_evaluate_stage(family) -> None:
-    from experiments.scaling_sweep import evaluate_stage_reusing, make_instance
+    from experiments.scaling_sweep import make_instance
     from occupancy import families
 
     mdp = make_instance(family, 3, seed=2, rounds=2, gamma=0.9)
@@ -185,7 +185,7 @@ def test_stage_evaluation_reuse_equals_evaluate_stage(family) -> None:
     new, _ = trust_region_stage(mdp, pi, order, 0.02, weighting="agent", evaluations=evals)
     assert len(evals) == 3
     ref = evaluate_stage(mdp, pi, order, new)
-    got = evaluate_stage_reusing(mdp, pi, order, new, evals, method="auto")
+    got = evaluate_stage(mdp, pi, order, new, evaluations=evals)
     assert got.order == ref.order
     assert got.J_start == pytest.approx(ref.J_start, abs=1e-12) and got.J_end == pytest.approx(ref.J_end, abs=1e-12)
     for a, b in zip(got.updates, ref.updates):
