@@ -223,6 +223,13 @@ class Trainer:
             raise ConfigError("task: problem ids are not unique (set task.id_field to a unique column)")
         self.problems_by_id = {p.id: p for p in self.task.problems}
         self.tokenizers = preflight(config.team)
+        if config.sampling.backend == "vllm":  # fail before any model is loaded
+            from llm.rollout.vllm import VLLMNotInstalledError, require_vllm
+
+            try:
+                require_vllm()
+            except VLLMNotInstalledError as err:
+                raise ConfigError(f"sampling.backend: {err}") from err
         self.team: LLMTeam | None = None
 
     # ------------------------------------------------------------------ setup
@@ -477,6 +484,9 @@ class Trainer:
         finally:
             bar.close()
             self._metrics.close()
+            close_backend = getattr(self.backend, "close", None)  # vLLM engines hold memory and processes
+            if callable(close_backend):
+                close_backend()
             if self._tb is not None:
                 self._tb.close()
         return TrainResult(self.team, reports, self.output_dir, state.updates_done, self.sampler, resumed_from)
@@ -518,10 +528,8 @@ def make_backend(config: RunConfig, team: LLMTeam) -> Any:
         from llm.rollout.hf import HFBackend
 
         return HFBackend.from_team(team, batch_size=config.sampling.batch_size)
-    try:
-        from llm.rollout.vllm import VLLMBackend  # provided by the vLLM helper
-    except ImportError as err:
-        raise ConfigError(f"sampling.backend 'vllm' is not available: {err}") from err
+    from llm.rollout.vllm import VLLMBackend
+
     return VLLMBackend.from_team(team, batch_size=config.sampling.batch_size)
 
 

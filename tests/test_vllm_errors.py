@@ -204,3 +204,20 @@ def test_plain_model_pushes_named_parameters(tiny_qwen3_dir):
     names = [n for n, _ in vb.merged_named_tensors(model)]
     assert names == [n for n, _ in model.named_parameters()]
     assert not vb._is_peft_names(names)
+
+
+def test_trainer_rejects_vllm_backend_before_loading_models(no_vllm, tiny_model_dirs, tmp_path, monkeypatch):
+    """A run config asking for vLLM where it is absent fails at construction, naming the install command."""
+    import transformers
+
+    from llm.config import ConfigError, config_from_dict
+    from llm.train import Trainer
+    from llm_fixtures import tiny_run_config
+
+    cfg = tiny_run_config(tiny_model_dirs, tmp_path / "run")
+    cfg.setdefault("sampling", {})["backend"] = "vllm"
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+    with pytest.raises(ConfigError) as info:
+        Trainer(config_from_dict(cfg))
+    _assert_install_hint(str(info.value))
