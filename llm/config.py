@@ -172,16 +172,34 @@ class SamplingSection:
     batch_size: int = 64
     recompute_logprobs: bool = True
     backend: str = "hf"
+    #: engine settings of the vLLM backend, the fields of llm.rollout.vllm.VLLMEngineConfig
+    #: (memory fraction per engine, KV cache size, prefix caching, sleep mode, ...); see docs/vllm.md
+    vllm: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"sampling.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.vllm:
+            if self.backend != "vllm":
+                raise ConfigError("sampling.vllm is only used with sampling.backend: vllm")
+            self.vllm_engine_config()  # validate now, before any model is loaded
         if not self.temperature > 0:
             raise ConfigError(f"sampling.temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
         if self.batch_size < 1:
             raise ConfigError(f"sampling.batch_size must be >= 1, got {self.batch_size}")
+
+    def vllm_engine_config(self) -> Any:
+        """The validated ``VLLMEngineConfig`` of ``sampling.vllm`` (needs no vLLM installed)."""
+        from llm.rollout.vllm import VLLMEngineConfig
+
+        if not isinstance(self.vllm, dict):
+            raise ConfigError(f"sampling.vllm must be a mapping, got {type(self.vllm).__name__}")
+        try:
+            return VLLMEngineConfig(**self.vllm)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"sampling.vllm: {err}") from err
 
 
 @dataclass(frozen=True)

@@ -530,7 +530,8 @@ def make_backend(config: RunConfig, team: LLMTeam) -> Any:
         return HFBackend.from_team(team, batch_size=config.sampling.batch_size)
     from llm.rollout.vllm import VLLMBackend
 
-    return VLLMBackend.from_team(team, batch_size=config.sampling.batch_size)
+    return VLLMBackend.from_team(team, batch_size=config.sampling.batch_size,
+                                 config=config.sampling.vllm_engine_config())
 
 
 def train(config: RunConfig | str | Path, output_dir: str | Path | None = None, resume: bool = True,

@@ -221,3 +221,15 @@ def test_trainer_rejects_vllm_backend_before_loading_models(no_vllm, tiny_model_
     with pytest.raises(ConfigError) as info:
         Trainer(config_from_dict(cfg))
     _assert_install_hint(str(info.value))
+
+
+def test_run_config_vllm_section_is_validated_without_vllm(no_vllm):
+    from llm.config import ConfigError, sampling_from_dict
+
+    section = sampling_from_dict({"backend": "vllm", "vllm": {"gpu_memory_utilization": 0.4, "kv_cache_gib": 2}})
+    engine = section.vllm_engine_config()
+    assert engine.gpu_memory_utilization == 0.4 and engine.kv_cache_gib == 2
+    with pytest.raises(ConfigError, match="gpu_memory_utilization"):
+        sampling_from_dict({"backend": "vllm", "vllm": {"gpu_memory_utilization": 1.5}})
+    with pytest.raises(ConfigError, match="only used with sampling.backend: vllm"):
+        sampling_from_dict({"backend": "hf", "vllm": {"kv_cache_gib": 2}})
