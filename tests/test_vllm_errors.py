@@ -56,7 +56,9 @@ def test_from_team_without_vllm_names_the_install_command(no_vllm):
 def test_trainer_backend_choice_without_vllm_is_clear(no_vllm):
     """``sampling.backend: vllm`` in a run config -> the trainer's make_backend fails with the hint."""
     train = pytest.importorskip("llm.train")
-    config = SimpleNamespace(sampling=SimpleNamespace(backend="vllm", batch_size=4))
+    from llm.config import sampling_from_dict
+
+    config = SimpleNamespace(sampling=sampling_from_dict({"backend": "vllm", "batch_size": 4}))
     with pytest.raises((ImportError, ValueError)) as info:  # VLLMNotInstalledError, or a ConfigError wrapping it
         train.make_backend(config, None)
     _assert_install_hint(str(info.value))
