@@ -11,9 +11,9 @@ the :class:`llm.rewards.base.Grader` interface ``grader(response, problem) -> Gr
   (math-verify), ``zebra``, ...) via ``llm.rewards.get_grader``; ``exact`` (normalised string match)
   and, if the registry is unavailable, ``integer`` fall back to the small graders of this module.
 
-Answer extraction (:func:`extract_final_answer`): the last line that starts with "Answer:", else
-the last ``<answer>...</answer>`` block, else the last ``\\boxed{...}``, else the last
-"... answer is X" (small chat models often answer "The answer is 5."). A response with none of
+Answer extraction is :func:`llm.rewards.extract.extract_final_answer` (the last of: ``\\boxed{...}``,
+an "Answer:" line, an ``<answer>...</answer>`` block, "final answer is X"), with one lenient fallback
+for training (:func:`extract_training_answer`: the last "... answer is X"). A response with none of
 them is graded 0 with ``parsed=False``.
 
 ``contamination_policy`` (warn | error | off): :func:`llm.train` checks the training problems against
@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from llm.rewards.base import Grade, Problem
+from llm.rewards.extract import extract_final_answer, parse_integer
 
 TASK_KINDS = ("reasoning_gym", "jsonl")
 CONTAMINATION_POLICIES = ("warn", "error", "off")
@@ -95,68 +96,41 @@ class TaskConfig:
             raise TaskError(f"task.limit must be >= 1 or null, got {self.limit}")
 
 
-# ---------------------------------------------------------------------------- answer extraction
-_ANSWER_LINE = re.compile(r"^\s*\**\s*answer\s*\**\s*[:：]\s*(.+?)\s*$", flags=re.IGNORECASE | re.MULTILINE)
+# ---------------------------------------------------------------------------- graders
+# One answer extractor for training and evaluation: llm.rewards.extract (boxed, "Answer:" line,
+# <answer> tag, "final answer is ...", last occurrence wins). Training tasks add one lenient
+# fallback for small chat models that end with "... the answer is 5." and use no anchor.
 _ANSWER_IS = re.compile(r"\banswer is\s*:?\s*([^\n]+?)\s*\.?\s*(?:\n|$)", flags=re.IGNORECASE)
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", flags=re.DOTALL | re.IGNORECASE)
 
 
-def _last_boxed(text: str) -> str | None:
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i, depth = start + len("\\boxed{"), 1
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j].strip()
-    return None
-
-
-def extract_final_answer(response: str) -> str | None:
-    """The answer a response commits to (see the module docstring), or None."""
-    lines = _ANSWER_LINE.findall(response)
-    if lines:
-        return lines[-1].strip().strip("$").strip()
-    tags = _ANSWER_TAG.findall(response)
-    if tags:
-        return tags[-1].strip()
-    boxed = _last_boxed(response)
-    if boxed is not None:
-        return boxed
+def extract_training_answer(response: str) -> str | None:
+    """:func:`llm.rewards.extract.extract_final_answer`, else the last "answer is X", else None."""
+    extracted = extract_final_answer(response)
+    if extracted is not None:
+        return extracted
     said = _ANSWER_IS.findall(response)
     return said[-1].strip().strip("$").strip() if said else None
 
 
 def _normalise(text: str) -> str:
-    text = text.strip()
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        text = boxed
     text = text.replace("$", "").replace("\\,", "").replace(",", "").strip().rstrip(".").strip()
     return re.sub(r"\s+", " ", text).lower()
 
 
-def parse_integer(text: str) -> int | None:
-    norm = _normalise(text).replace(" ", "")
-    if re.fullmatch(r"[+-]?\d+(\.0+)?", norm):
-        return int(float(norm)) if "." in norm else int(norm)
-    return None
-
-
-# ---------------------------------------------------------------------------- graders
 def grade_integer(response: str, problem: Problem) -> Grade:
-    extracted = extract_final_answer(response)
+    """Integer answers: :func:`extract_training_answer` read by llm.rewards' integer parser."""
+    extracted = extract_training_answer(response)
     if extracted is None:
         return Grade(0.0, False, None)
     value = parse_integer(extracted)
     if value is None:
         return Grade(0.0, False, extracted)
-    return Grade(float(value == int(problem.answer)), True, extracted)
+    return Grade(float(value == parse_integer(str(problem.answer))), True, extracted)
 
 
 def grade_exact(response: str, problem: Problem) -> Grade:
-    extracted = extract_final_answer(response)
+    """Normalised string match of the extracted answer (case, spaces, $ and thousands commas ignored)."""
+    extracted = extract_training_answer(response)
     if extracted is None:
         return Grade(0.0, False, None)
     return Grade(float(_normalise(extracted) == _normalise(str(problem.answer))), True, extracted)
@@ -169,7 +143,7 @@ class ReasoningGymGrader:
         self.datasets = datasets
 
     def __call__(self, response: str, problem: Problem) -> Grade:
-        extracted = extract_final_answer(response)
+        extracted = extract_training_answer(response)
         if extracted is None:
             return Grade(0.0, False, None)
         dataset = self.datasets[problem.meta["dataset"]]

@@ -12,7 +12,8 @@ import torch
 from llm.config import ConfigError, config_from_dict, load_config
 from llm.protocol import HandoffFormat, render_prompt
 from llm.rewards.base import Problem
-from llm.tasks import PromptSource, TaskConfig, TaskError, extract_final_answer, grade_integer, load_task
+from llm.tasks import PromptSource, TaskConfig, TaskError, grade_integer, load_task
+from llm.tasks import extract_training_answer as extract_final_answer
 from llm.team import Router
 from llm.train import Trainer, main
 from llm_fixtures import tiny_run_config

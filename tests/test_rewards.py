@@ -52,6 +52,8 @@ def zebra() -> list[Problem]:
         ("no anchor, just 42", None),
         ("unclosed \\boxed{12", None),
         ("Answer:\n", None),
+        ("reasoning... <answer> 7 </answer>", "7"),
+        ("\\boxed{3} then <answer>$4$</answer>", "4"),
     ],
 )
 def test_extract_final_answer(text: str, expected: str | None) -> None:

@@ -9,7 +9,10 @@ Order of anchors tried by :func:`extract_final_answer`:
 1. the last ``\\boxed{...}`` / ``\\fbox{...}`` (balanced braces, nesting allowed);
 2. the last ``Answer: ...`` line (the DAPO / TeamTR training template; also ``**Answer:**``,
    ``Final Answer:``, ``答案：``);
-3. the last "the final answer is ..." sentence.
+3. the last ``<answer>...</answer>`` block (reasoning-gym's convention);
+4. the last "the final answer is ..." sentence.
+
+Whichever of these appears last in the text wins.
 
 If none is present the output has no parsable final answer (``None``); graders count that as a
 parse failure, separately from wrong answers.
@@ -27,6 +30,7 @@ _ANSWER_LINE = re.compile(
     r"(?im)^[ \t>#*_]*(?:final\s+answer|answer|答案)[ \t*_]*[:：][ \t*_]*(?P<ans>.*?)[ \t*_]*$"
 )
 _FINAL_IS = re.compile(r"(?i)final answer is[:\s]*(?P<ans>[^\n]*)")
+_ANSWER_TAG = re.compile(r"(?is)<answer>(?P<ans>.*?)</answer>")
 
 
 def last_boxed(text: str) -> str | None:
@@ -99,6 +103,9 @@ def extract_final_answer(text: str) -> str | None:
         f = last_final_answer_is(text)
         if f:
             candidates.append((fin[-1].start(), f))
+    tags = [m for m in _ANSWER_TAG.finditer(text) if m.group("ans").strip()]
+    if tags:
+        candidates.append((tags[-1].start(), _strip_math_delims(tags[-1].group("ans"))))
     if not candidates:
         return None
     # An "Answer:" line that only repeats a box ("Answer: \boxed{5}") is found twice; same value.
