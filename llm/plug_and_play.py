@@ -592,6 +592,8 @@ def run(cfg: PnPConfig, progress: bool = True) -> dict[str, Any]:
                                                "aligned", out)
     report["seconds_alignment_and_scores"] = time.time() - t0
 
+    # the measurements so far survive a failure of the continuation
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     # --- continued training through llm.train
     if cfg.continue_stages > 0 and aligned_dir is not None:
         team_dirs: dict[int, Path] = {}
