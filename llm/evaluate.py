@@ -207,15 +207,16 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 def eval_config_from_dict(data: dict[str, Any]) -> EvalConfig:
     """A validated :class:`EvalConfig`; the team and sampling sections are validated by
-    :func:`llm.config.config_from_dict` (with an empty task section, which loads nothing)."""
-    from llm.config import config_from_dict
+    :func:`llm.config.team_config_from_dict` and :func:`llm.config.sampling_from_dict`."""
+    from llm.config import sampling_from_dict, team_config_from_dict
 
     if not isinstance(data, dict):
         raise EvalConfigError("the eval config must be a mapping at the top level")
     unknown = sorted(set(data) - {"team", "sampling", "eval"})
     if unknown:
         raise EvalConfigError(f"config: unknown top-level key(s) {unknown}; allowed: ['eval', 'sampling', 'team']")
-    run = config_from_dict({"team": data.get("team"), "sampling": data.get("sampling"), "task": {}})
+    team = team_config_from_dict(data.get("team"))
+    sampling = sampling_from_dict(data.get("sampling"))
     ev = dict(data.get("eval") or {})
     if "benchmarks" not in ev:
         raise EvalConfigError("eval.benchmarks is required")
@@ -227,7 +228,7 @@ def eval_config_from_dict(data: dict[str, Any]) -> EvalConfig:
     )
     ev["chain_router"] = _build(ChainRouter, ev.get("chain_router"), "eval.chain_router")
     ev["contamination"] = _build(ContaminationSection, ev.get("contamination"), "eval.contamination")
-    return EvalConfig(run.team, run.sampling, _build(EvalSection, ev, "eval"))
+    return EvalConfig(team, sampling, _build(EvalSection, ev, "eval"))
 
 
 def load_eval_config(path: str | os.PathLike[str]) -> EvalConfig:
