@@ -103,6 +103,8 @@ def test_example_configs_validate():
         cfg = load_config(root / name)
         assert len(cfg.team.agents) == 3
         assert build_stage_config(cfg).update.delta == 0.01
+    lora = load_config(root / "cpu_demo_lora.yaml")
+    assert len(lora.team.agents) == 2 and all(a.lora is not None for a in lora.team.agents)
 
 
 # ---------------------------------------------------------------------------- protocol

@@ -292,6 +292,48 @@ def adaptive_beta(beta: float, kl: float, target: float, n_steps: int, horizon: 
 
 
 # ---------------------------------------------------------------------------- the update
+def minibatch_step(
+    agent: AgentPolicy,
+    optimizer: torch.optim.Optimizer,
+    sub: MessageBatch,
+    logp_cur: Tensor,
+    advantages: Tensor,
+    config: UpdateConfig,
+    beta: float,
+    weights: Tensor | None = None,
+    params: list[Tensor] | None = None,
+) -> float:
+    """One optimizer step of :func:`update_agent` on the messages ``sub``; returns the loss.
+
+    sub: M messages of the agent (T token slots); logp_cur: (M, T) update-start log-probs (the
+    ratio's denominator); advantages: (M,); weights: optional (M,) importance weights. The agent
+    may compute on an accelerator: the batch tensors are moved to its log-probs' device. Gradients
+    are clipped to ``config.max_grad_norm`` over ``params`` (default: the agent's trainable ones).
+    """
+    logp_new = agent.log_probs(sub)  # (M, T), with grad
+    dev = logp_new.device
+    terms = surrogate_loss(
+        logp_new,
+        logp_cur.to(dev),
+        sub.mask.to(dev),
+        advantages.to(dev),
+        clip_eps=config.clip_eps,
+        beta=beta,
+        ratio_level=config.ratio_level,
+        weights=None if weights is None else weights.to(dev),
+        kl_estimator=config.penalty_estimator,
+        kl_direction=config.penalty_direction,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    terms.loss.backward()
+    if config.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params if params is not None else list(agent.trainable_parameters()),
+                                       config.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(terms.loss.detach())
+
+
 def update_agent(
     agent: AgentPolicy,
     optimizer: torch.optim.Optimizer,
@@ -369,28 +411,8 @@ def update_agent(
     params = list(agent.trainable_parameters())
 
     def one_step(idx: Tensor, beta_now: float) -> float:
-        sub = batch.select(idx)
-        logp_new = agent.log_probs(sub)
-        dev = logp_new.device  # the agent may compute on an accelerator; batch tensors live on the CPU
-        terms = surrogate_loss(
-            logp_new,
-            logp_cur[idx].to(dev),
-            sub.mask.to(dev),
-            a_val[idx].to(dev),
-            clip_eps=config.clip_eps,
-            beta=beta_now,
-            ratio_level=config.ratio_level,
-            weights=None if w_is is None else w_is[idx].to(dev),
-            kl_estimator=config.penalty_estimator,
-            kl_direction=config.penalty_direction,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
-        if config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(terms.loss.detach())
+        return minibatch_step(agent, optimizer, batch.select(idx), logp_cur[idx], a_val[idx], config, beta_now,
+                              weights=None if w_is is None else w_is[idx], params=params)
 
     consecutive = 0
     stopped = False
