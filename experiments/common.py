@@ -113,6 +113,19 @@ def save_run_metadata(out: Path, config: Any, seeds: Iterable[int]) -> None:
     write_json(out / "seeds.json", {"seeds": [int(s) for s in seeds]})
 
 
+def cli_overrides(args: Any, tuples: Sequence[str] = (), scalars: Sequence[str] = ()) -> dict[str, Any]:
+    """Config keyword arguments from the argparse options the user gave (``None`` = not given):
+    the ``tuples`` options (``nargs="+"``) as tuples, the ``scalars`` as they are."""
+    kwargs: dict[str, Any] = {}
+    for name in tuples:
+        if getattr(args, name) is not None:
+            kwargs[name] = tuple(getattr(args, name))
+    for name in scalars:
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    return kwargs
+
+
 def cpu_seconds() -> float:
     """User + system CPU time of this process and its finished children (s): a load-independent
     measure of an experiment's cost (wall time depends on what else the machine runs)."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from experiments.common import cpu_seconds, results_dir, save_run_metadata, write_csv, write_json
+from experiments.common import cli_overrides, cpu_seconds, results_dir, save_run_metadata, write_csv, write_json
 
 IS_MODES = ("stale_is", "stale_happo")
 
@@ -169,12 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = dict(QUICK) if args.quick else {}
     if args.quick:
         kwargs["out"] = "is_degeneracy_quick"
-    for name in ("families", "n_agents", "deltas"):
-        if getattr(args, name) is not None:
-            kwargs[name] = tuple(getattr(args, name))
-    for name in ("seeds", "prompts", "group_size", "workers", "out"):
-        if getattr(args, name) is not None:
-            kwargs[name] = getattr(args, name)
+    kwargs.update(cli_overrides(args, ("families", "n_agents", "deltas"), ("seeds", "prompts", "group_size", "workers", "out")))
     cfg = DegeneracyConfig(**kwargs)
     seeds = list(range(cfg.seed0, cfg.seed0 + cfg.seeds))
     jobs = sorted(((cfg, f, n, s) for f in cfg.families for n in cfg.n_agents for s in seeds), key=lambda j: -j[2])

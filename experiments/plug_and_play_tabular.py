@@ -52,7 +52,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from experiments.common import results_dir, save_run_metadata, write_csv, write_json
+from experiments.common import cli_overrides, results_dir, save_run_metadata, write_csv, write_json
 from occupancy import bounds as B
 from occupancy.exact import Evaluation, evaluate, evaluate_stage, kl_rows, update_kl
 from occupancy.mdp import TeamMDP
@@ -522,13 +522,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     kwargs: dict[str, Any] = dict(QUICK) if args.quick else {}
-    for name in ("family", "n_agents", "rounds", "agent", "seeds", "trainer", "pretrain_stages", "continue_stages",
-                 "delta", "out"):
-        if getattr(args, name) is not None:
-            kwargs[name] = getattr(args, name)
-    for name in ("deltas0", "replacements"):
-        if getattr(args, name) is not None:
-            kwargs[name] = tuple(getattr(args, name))
+    kwargs.update(cli_overrides(args, ("deltas0", "replacements"),
+                                ("family", "n_agents", "rounds", "agent", "seeds", "trainer", "pretrain_stages",
+                                 "continue_stages", "delta", "out")))
     cfg = PnPTabularConfig(**kwargs)
     summary = run(cfg)
     print(f"family {cfg.family}, N = {cfg.n_agents}, rounds {cfg.rounds}, agent {cfg.agent} replaced, trainer "

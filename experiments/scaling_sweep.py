@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from experiments.common import cpu_seconds, bootstrap_power_fit, results_dir, save_run_metadata, write_csv, write_json
+from experiments.common import (
+    bootstrap_power_fit, cli_overrides, cpu_seconds, results_dir, save_run_metadata, write_csv, write_json,
+)
 from occupancy import bounds as B
 from occupancy.exact import evaluate_stage
 
@@ -367,12 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = dict(QUICK) if args.quick else {}
     if args.quick:
         kwargs["out"] = "scaling_sweep_quick"
-    for name in ("families", "n_agents", "deltas"):
-        if getattr(args, name) is not None:
-            kwargs[name] = tuple(getattr(args, name))
-    for name in ("seeds", "rounds", "gamma", "order", "updates", "workers", "out"):
-        if getattr(args, name) is not None:
-            kwargs[name] = getattr(args, name)
+    kwargs.update(cli_overrides(args, ("families", "n_agents", "deltas"), ("seeds", "rounds", "gamma", "order", "updates", "workers", "out")))
     cfg = SweepConfig(**kwargs)
 
     seeds = list(range(cfg.seed0, cfg.seed0 + cfg.seeds))
