@@ -357,13 +357,18 @@ def distill(new: torch.nn.Module, incumbent: torch.nn.Module, train_batch, monit
             progress: bool = False) -> list[dict[str, float]]:
     """Forward distillation (teacher = incumbent) of ``new`` in place until the monitored KL
     (``reduction`` of :func:`measure_kl` on ``monitor_batch``) is <= delta0 or ``cfg.max_steps``.
-    Returns the history: one row per measurement (step 0 = before any step)."""
+    Returns the history: one row per measurement (step 0 = before any step).
+
+    Early stopping on the monitored messages: ``new`` ends with the weights of the measurement with
+    the lowest monitored KL (:func:`best_row` of the history; the last one when delta0 was reached).
+    With few training messages distillation overfits them and the monitored KL can rise again."""
     ctx, msg = _rows(train_batch)
     vocab = _shared_vocab(incumbent, new)
     params = [p for p in new.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(seed)
     history = [{"step": 0, "loss": math.nan, **measure_kl(incumbent, new, monitor_batch, temperature, pad_id)}]
+    best_value, best_state = history[0][reduction], _trainable_copy(new)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -392,11 +397,27 @@ def distill(new: torch.nn.Module, incumbent: torch.nn.Module, train_batch, monit
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
                 history.append({"step": step, "loss": float(loss.detach()),
                                 **measure_kl(incumbent, new, monitor_batch, temperature, pad_id)})
+                if history[-1][reduction] < best_value:
+                    best_value, best_state = history[-1][reduction], _trainable_copy(new)
     finally:
         new.train(was)
         if bar is not None:
             bar.close()
+    if best_row(history, reduction) is not history[-1]:
+        with torch.no_grad():
+            for p, saved in zip((p for p in new.parameters() if p.requires_grad), best_state):
+                p.copy_(saved.to(p.device))
     return history
+
+
+def best_row(history: list[dict[str, float]], reduction: str) -> dict[str, float]:
+    """The first measurement of a :func:`distill` history with the lowest monitored KL."""
+    return min(history, key=lambda row: row[reduction])
+
+
+def _trainable_copy(model: torch.nn.Module) -> list[torch.Tensor]:
+    """CPU copies of the trainable parameters (the early-stopping snapshot)."""
+    return [p.detach().to("cpu", copy=True) for p in model.parameters() if p.requires_grad]
 
 
 # ---------------------------------------------------------------------------- the pipeline
@@ -540,10 +561,12 @@ def run(cfg: PnPConfig, progress: bool = True) -> dict[str, Any]:
     if cfg.method == "distill":
         history = distill(replacement, incumbent, train_b, monitor_b, cfg.distill, cfg.delta0, cfg.kl_reduction,
                           temperature, pad_id, seed=cfg.contexts.seed, progress=progress)
+        best = best_row(history, cfg.kl_reduction)
         report["distill_history"] = history
-        report["kl_after"] = {k: v for k, v in history[-1].items() if k not in ("step", "loss")}
+        report["kl_after"] = {k: v for k, v in best.items() if k not in ("step", "loss")}
         report["distill_steps"] = history[-1]["step"]
-        report["aligned"] = bool(history[-1][cfg.kl_reduction] <= cfg.delta0)
+        report["distill_kept_step"] = best["step"]
+        report["aligned"] = bool(best[cfg.kl_reduction] <= cfg.delta0)
     if cfg.method in ("distill", "direct"):
         aligned_dir = out / ("aligned_agent" if cfg.method == "distill" else "replacement_agent")
         _save_model(replacement, rep_tok, aligned_dir)
@@ -657,7 +680,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             lines.append(f"{key}: token_mean {k['token_mean']:.4g}, message_sum {k['message_sum']:.4g}, "
                          f"token_max {k['token_max']:.4g} ({k['messages']} messages, {k['tokens']} tokens)")
     if "distill_steps" in report:
-        lines.append(f"distillation steps: {report['distill_steps']} (aligned: {report['aligned']})")
+        lines.append(f"distillation steps: {report['distill_steps']}, kept the weights of step "
+                     f"{report['distill_kept_step']} (aligned: {report['aligned']})")
     for name, s in report.get("team_score", {}).items():
         lines.append(f"team score [{name}]: {s['score']:.3f} over {s['trajectories']} trajectories")
     if "mix_stats" in report:

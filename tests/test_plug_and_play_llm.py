@@ -268,3 +268,31 @@ def test_smollm2_perturbed_copy_is_aligned(tmp_path) -> None:
     print("\n" + "\n".join(summary_lines(report)))
     assert report["kl_before"]["token_mean"] > report["kl_after"]["token_mean"]
     assert (tmp_path / "pnp" / "aligned_agent" / "model.safetensors").is_file()
+
+
+def test_distillation_keeps_the_best_monitored_weights(tiny_qwen3_dir) -> None:
+    """Early stopping: trained on messages unlike the monitored ones with a large step, the
+    monitored KL rises; distill hands back the weights of its lowest measurement."""
+    from llm.plug_and_play import DistillSection, best_row, distill, measure_kl, perturb_weights
+    from trust_region.batch import MessageBatch
+
+    inc, tok = _load(tiny_qwen3_dir)
+    new, _ = _load(tiny_qwen3_dir)
+    perturb_weights(new, 0.5, seed=1)
+    g = torch.Generator().manual_seed(1)
+
+    def batch(m: int) -> MessageBatch:
+        c, t = 8, 5
+        return MessageBatch(
+            trajectory=torch.arange(m), group=torch.arange(m), agent=torch.zeros(m, dtype=torch.long),
+            turn=torch.zeros(m, dtype=torch.long), context=torch.randint(10, 300, (m, c), generator=g),
+            context_mask=torch.ones(m, c, dtype=torch.bool), tokens=torch.randint(10, 300, (m, t), generator=g),
+            mask=torch.ones(m, t, dtype=torch.bool), behaviour_logp=torch.zeros(m, t), reward=torch.zeros(m),
+            returns=torch.zeros(m), generated=torch.ones(m, dtype=torch.bool))
+
+    train, monitor = batch(2), batch(6)
+    hist = distill(new, inc, train, monitor, DistillSection(max_steps=12, lr=0.3, batch_size=2), 1e-9,
+                   "token_mean", 1.0, tok.pad_token_id)
+    best = best_row(hist, "token_mean")
+    assert hist[-1]["token_mean"] > best["token_mean"]  # the lr overshoots: the last step is not the best
+    assert measure_kl(inc, new, monitor, 1.0, tok.pad_token_id)["token_mean"] == pytest.approx(best["token_mean"])
