@@ -25,7 +25,9 @@ def test_train_stage_on_vllm_backend(tiny_model_dirs, tmp_path):
     try:
         result = trainer.run(resume=False)
         backend = trainer.backend
-        assert type(backend).__name__ == "VLLMBackend" and len(backend.engines) == 3
+        assert type(backend).__name__ == "VLLMBackend"
+        assert backend.engines == []  # the trainer shut the engines down at the end of the run
+        assert sorted(backend.push_stats.pushes) == [0, 1, 2]  # one engine per agent served the run
         assert result.updates_done == 3
         history = result.sampler.history
         assert len(history) == 3  # intermediate: a fresh sample before each of the 3 updates
