@@ -6,8 +6,8 @@ training path:
 
 1. **Rollout** (generated tokens/s). ``batch`` random prompts of ``prompt_len`` token ids are
    sampled with :class:`llm.rollout.hf.HFBackend` (batched ``model.generate``, ``do_sample=True``,
-   the backend's temperature processor recording each token's log-prob), with
-   ``min_new_tokens = max_new_tokens = new_tokens`` so that every message has exactly
+   the backend's temperature processor recording each token's log-prob), with ``fixed_length=True``
+   (``min_new_tokens = max_new_tokens = new_tokens``) so that every message has exactly
    ``new_tokens`` tokens (random weights would otherwise stop at a random EOS). One short warm-up
    call, then ``repeats`` timed calls; the best (shortest) is kept, as in ``bench_rollout``.
    Tokens counted: ``batch * new_tokens``.
@@ -168,17 +168,13 @@ class BenchLLMConfig:
 
 # ------------------------------------------------------------------------------ device helpers
 def resolve_device(spec: str | None) -> torch.device:
-    """``spec`` as a torch device (None: cuda if available, else cpu); a CUDA device must exist."""
-    if spec is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"BenchLLMConfig.device is {spec!r} but CUDA is not available (use --device cpu)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"BenchLLMConfig.device is {spec!r} but only {torch.cuda.device_count()} "
-                             "CUDA devices exist")
-    return device
+    """``spec`` as a torch device (None: cuda if available, else cpu): :func:`llm.team.resolve_device`."""
+    from llm.team import resolve_device as resolve
+
+    try:
+        return resolve("auto" if spec is None else spec)
+    except ValueError as err:
+        raise ValueError(f"BenchLLMConfig.device: {err} (use --device cpu)") from err
 
 
 def device_name(device: torch.device) -> str:
@@ -262,21 +258,6 @@ def random_prompts(batch: int, prompt_len: int, vocab: int, seed: int, exclude: 
     return ids.tolist()
 
 
-class FixedLengthHFBackend(HFBackend):
-    """:class:`HFBackend` whose messages never end early: every ``generate`` call also sets
-    ``min_new_tokens = max_new_tokens`` (the EOS logits are masked until the length limit), so each
-    message has exactly ``max_new_tokens`` tokens whatever random weights would sample."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        make = self._generation_config  # the GenerationConfig class HFBackend builds its calls with
-
-        def fixed_length(**kw: Any) -> Any:
-            return make(min_new_tokens=kw["max_new_tokens"], **kw)
-
-        self._generation_config = fixed_length
-
-
 def message_batch(prompts: list[list[int]], gens: list[Generation]) -> MessageBatch:
     """One message per prompt, all of agent 0 and turn 0: context (B, P), tokens (B, N)."""
     m = len(prompts)
@@ -314,7 +295,7 @@ def bench_preset(name: str, config: BenchLLMConfig, device: torch.device,
     tokenizer = SimpleNamespace(pad_token_id=pad, eos_token_id=eos)  # all LLMAgent reads of a tokenizer
     agent = LLMAgent(0, name, model, tokenizer, temperature=config.temperature, micro_batch_size=config.micro_batch,
                      gradient_checkpointing=config.grad_checkpointing, max_new_tokens=n)
-    backend = FixedLengthHFBackend([model], [[eos]], [pad], batch_size=b)
+    backend = HFBackend([model], [[eos]], [pad], batch_size=b, fixed_length=True)
     prompts = random_prompts(b, p, qcfg.vocab_size, config.seed, exclude=eos)
     sampling = SamplingConfig(max_new_tokens=n, temperature=config.temperature, top_p=1.0)
 
@@ -337,9 +318,11 @@ def bench_preset(name: str, config: BenchLLMConfig, device: torch.device,
     optimizer = torch.optim.AdamW(agent.trainable_parameters(), lr=config.lr)
     meter = PeakMemory(device)
     meter.start()
-    minibatch_step(agent, optimizer, batch, logp_cur, advantages, update, update.beta)  # warm-up: allocates grads, AdamW state
-    update_s, update_all, loss = best_time(
-        lambda: minibatch_step(agent, optimizer, batch, logp_cur, advantages, update, update.beta), device, config.repeats)
+    def step() -> float:
+        return minibatch_step(agent, optimizer, batch, logp_cur, advantages, update, update.beta)
+
+    step()  # warm-up: allocates the gradients and the AdamW state
+    update_s, update_all, loss = best_time(step, device, config.repeats)
     peak, delta, kind = meter.stop()
     tick(f"{name}: update")
 

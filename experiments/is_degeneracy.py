@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = dict(QUICK) if args.quick else {}
     if args.quick:
         kwargs["out"] = "is_degeneracy_quick"
-    kwargs.update(cli_overrides(args, ("families", "n_agents", "deltas"), ("seeds", "prompts", "group_size", "workers", "out")))
+    kwargs.update(cli_overrides(args, ("families", "n_agents", "deltas"),
+                                ("seeds", "prompts", "group_size", "workers", "out")))
     cfg = DegeneracyConfig(**kwargs)
     seeds = list(range(cfg.seed0, cfg.seed0 + cfg.seeds))
     jobs = sorted(((cfg, f, n, s) for f in cfg.families for n in cfg.n_agents for s in seeds), key=lambda j: -j[2])

@@ -369,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = dict(QUICK) if args.quick else {}
     if args.quick:
         kwargs["out"] = "scaling_sweep_quick"
-    kwargs.update(cli_overrides(args, ("families", "n_agents", "deltas"), ("seeds", "rounds", "gamma", "order", "updates", "workers", "out")))
+    kwargs.update(cli_overrides(args, ("families", "n_agents", "deltas"),
+                                ("seeds", "rounds", "gamma", "order", "updates", "workers", "out")))
     cfg = SweepConfig(**kwargs)
 
     seeds = list(range(cfg.seed0, cfg.seed0 + cfg.seeds))

@@ -403,7 +403,7 @@ def distill(new: torch.nn.Module, incumbent: torch.nn.Module, train_batch, monit
         new.train(was)
         if bar is not None:
             bar.close()
-    if best_row(history, reduction) is not history[-1]:
+    if history[-1][reduction] > best_value:  # the last measurement is not the best: go back to it
         with torch.no_grad():
             for p, saved in zip((p for p in new.parameters() if p.requires_grad), best_state):
                 p.copy_(saved.to(p.device))

@@ -125,11 +125,15 @@ def preflight(config: TeamConfig) -> list[Any]:
 
 
 def resolve_device(spec: str) -> torch.device:
+    """``spec`` ("auto": cuda if available, else cpu) as a torch device; a CUDA device must exist."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {spec!r} requested but CUDA is not available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {spec!r} requested but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA devices exist")
     return device
 
 

@@ -76,6 +76,25 @@ def test_backend_seed_eos_and_left_padding(team_and_task):
     assert backend.counter.calls[0] == 5 and backend.counter.total_tokens > 0
 
 
+def test_backend_fixed_length_masks_eos_until_the_limit(team_and_task):
+    """With every token but three declared EOS, a message stops at its first token; with
+    ``fixed_length`` every message has exactly max_new_tokens tokens, none of them EOS."""
+    team, _ = team_and_task
+    model, tok = team[0].model, team[0].tokenizer
+    keep = tok("123")["input_ids"][:3]
+    eos = [t for t in range(model.config.vocab_size) if t not in keep]
+    prompts = [tok("What is 1 + 1?")["input_ids"], tok("Hi")["input_ids"]]
+    s = SamplingConfig(max_new_tokens=5, temperature=1.0, top_p=1.0)
+    try:
+        free = HFBackend([model], [eos], [team[0].pad_token_id]).generate(0, prompts, s, seed=0)
+        fixed = HFBackend([model], [eos], [team[0].pad_token_id], fixed_length=True).generate(0, prompts, s, seed=0)
+    finally:
+        HFBackend.from_team(team)  # restore the agent's own generation config (a backend sets it)
+    assert [len(g.token_ids) for g in free] == [1, 1] and all(g.finish_reason == "stop" for g in free)
+    assert [len(g.token_ids) for g in fixed] == [5, 5] and all(g.finish_reason == "length" for g in fixed)
+    assert all(t in keep for g in fixed for t in g.token_ids)
+
+
 def test_agent_log_probs_microbatch_and_gradient_isolation(team_and_task):
     team, task = team_and_task
     sampler = TeamSampler(HFBackend.from_team(team), parity_grader, temperature=1.0, seed=1)

@@ -60,6 +60,19 @@ def _load(path):
     return model, AutoTokenizer.from_pretrained(path)
 
 
+def _random_messages(m: int, gen: torch.Generator, context: int = 8, tokens: int = 5):
+    """A MessageBatch of m agent-0 messages with random context (m, context) and tokens (m, tokens)."""
+    from trust_region.batch import MessageBatch
+
+    return MessageBatch(
+        trajectory=torch.arange(m), group=torch.arange(m), agent=torch.zeros(m, dtype=torch.long),
+        turn=torch.zeros(m, dtype=torch.long), context=torch.randint(10, 300, (m, context), generator=gen),
+        context_mask=torch.ones(m, context, dtype=torch.bool),
+        tokens=torch.randint(10, 300, (m, tokens), generator=gen), mask=torch.ones(m, tokens, dtype=torch.bool),
+        behaviour_logp=torch.zeros(m, tokens), reward=torch.zeros(m), returns=torch.zeros(m),
+        generated=torch.ones(m, dtype=torch.bool))
+
+
 def test_tokenizer_mismatch_is_a_clear_error(tiny_qwen3_dir, tiny_llama_dir) -> None:  # noqa: F811
     from llm.plug_and_play import TokenizerMismatchError, check_shared_tokenizer
 
@@ -104,20 +117,11 @@ def test_mixing_backend_keeps_every_token_inside_the_ball(tiny_qwen3_dir) -> Non
 def test_distillation_reaches_the_radius(tiny_qwen3_dir) -> None:  # noqa: F811
     """Forward distillation toward the incumbent lowers the measured KL below delta0 and stops."""
     from llm.plug_and_play import DistillSection, distill, measure_kl, perturb_weights
-    from trust_region.batch import MessageBatch
 
     inc, tok = _load(tiny_qwen3_dir)
     new, _ = _load(tiny_qwen3_dir)
     perturb_weights(new, 2.0, seed=0)
-    g = torch.Generator().manual_seed(0)
-    m, c, t = 6, 8, 5
-    ctx = torch.randint(10, 300, (m, c), generator=g)
-    toks = torch.randint(10, 300, (m, t), generator=g)
-    batch = MessageBatch(
-        trajectory=torch.arange(m), group=torch.arange(m), agent=torch.zeros(m, dtype=torch.long),
-        turn=torch.zeros(m, dtype=torch.long), context=ctx, context_mask=torch.ones(m, c, dtype=torch.bool),
-        tokens=toks, mask=torch.ones(m, t, dtype=torch.bool), behaviour_logp=torch.zeros(m, t),
-        reward=torch.zeros(m), returns=torch.zeros(m), generated=torch.ones(m, dtype=torch.bool))
+    batch = _random_messages(6, torch.Generator().manual_seed(0))
     before = measure_kl(inc, new, batch, 1.0, tok.pad_token_id)
     delta0 = before["token_mean"] / 4
     hist = distill(new, inc, batch, batch, DistillSection(max_steps=60, lr=3e-3, batch_size=3), delta0,
@@ -274,23 +278,12 @@ def test_distillation_keeps_the_best_monitored_weights(tiny_qwen3_dir) -> None:
     """Early stopping: trained on messages unlike the monitored ones with a large step, the
     monitored KL rises; distill hands back the weights of its lowest measurement."""
     from llm.plug_and_play import DistillSection, best_row, distill, measure_kl, perturb_weights
-    from trust_region.batch import MessageBatch
 
     inc, tok = _load(tiny_qwen3_dir)
     new, _ = _load(tiny_qwen3_dir)
     perturb_weights(new, 0.5, seed=1)
     g = torch.Generator().manual_seed(1)
-
-    def batch(m: int) -> MessageBatch:
-        c, t = 8, 5
-        return MessageBatch(
-            trajectory=torch.arange(m), group=torch.arange(m), agent=torch.zeros(m, dtype=torch.long),
-            turn=torch.zeros(m, dtype=torch.long), context=torch.randint(10, 300, (m, c), generator=g),
-            context_mask=torch.ones(m, c, dtype=torch.bool), tokens=torch.randint(10, 300, (m, t), generator=g),
-            mask=torch.ones(m, t, dtype=torch.bool), behaviour_logp=torch.zeros(m, t), reward=torch.zeros(m),
-            returns=torch.zeros(m), generated=torch.ones(m, dtype=torch.bool))
-
-    train, monitor = batch(2), batch(6)
+    train, monitor = _random_messages(2, g), _random_messages(6, g)
     hist = distill(new, inc, train, monitor, DistillSection(max_steps=12, lr=0.3, batch_size=2), 1e-9,
                    "token_mean", 1.0, tok.pad_token_id)
     best = best_row(hist, "token_mean")

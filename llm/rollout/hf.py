@@ -95,6 +95,9 @@ class HFBackend:
 
     ``models[j]`` is agent j's causal LM; ``eos_ids[j]`` the token ids that end its message;
     ``pad_ids[j]`` its padding id. ``batch_size`` caps the prompts per ``generate`` call.
+    ``fixed_length`` (for throughput benchmarks, not training): every message has exactly
+    ``max_new_tokens`` tokens, the EOS ids being masked until then (``min_new_tokens``); the
+    recorded log-probs are then those of the masked distribution.
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class HFBackend:
         eos_ids: Sequence[Sequence[int]],
         pad_ids: Sequence[int],
         batch_size: int = 64,
+        fixed_length: bool = False,
     ) -> None:
         from transformers import GenerationConfig
 
@@ -114,6 +118,7 @@ class HFBackend:
         self.eos_ids = [list(e) for e in eos_ids]
         self.pad_ids = list(pad_ids)
         self.batch_size = batch_size
+        self.fixed_length = fixed_length
         self.counter = GenerationCounter()
         self._generation_config = GenerationConfig
         for j, model in enumerate(self.models):
@@ -166,6 +171,7 @@ class HFBackend:
         config = self._generation_config(
             do_sample=True,
             max_new_tokens=sampling.max_new_tokens,
+            min_new_tokens=sampling.max_new_tokens if self.fixed_length else None,
             temperature=1.0,
             top_p=1.0,
             top_k=0,
