@@ -174,36 +174,6 @@ QUICK: dict[str, Any] = dict(families=("board", "chain"), n_agents=(2, 4), seeds
 # Threads
 
 
-def limit_blas_threads(n: int = 1) -> list[str]:
-    """Set the thread count of every OpenBLAS already loaded in this process (numpy's and scipy's
-    bundled copies) to ``n``; returns the libraries changed. The exact evaluator's dense LU on a
-    ~150-state system is ~100x slower with multithreaded OpenBLAS on a loaded 2-core machine.
-    Linux only (reads /proc/self/maps); a no-op elsewhere."""
-    import ctypes
-
-    names = ("openblas_set_num_threads", "scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
-             "openblas_set_num_threads64_")
-    changed: list[str] = []
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = {line.split()[-1] for line in fh if len(line.split()) >= 6}
-    except OSError:
-        return changed
-    libs = sorted(p for p in paths if "openblas" in Path(p).name.lower() and ".so" in Path(p).name)
-    for lib in libs:
-        try:
-            handle = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        for name in names:
-            fn = getattr(handle, name, None)
-            if fn is not None:
-                fn(int(n))
-                changed.append(lib)
-                break
-    return changed
-
-
 # ---------------------------------------------------------------------------------------------
 # Pure metric helpers
 
@@ -310,7 +280,7 @@ def run_one(job: tuple[StudyConfig, str, int, str, int]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)  # tiny tensors: intra-op threads only cost time
-    limit_blas_threads(1)
+    common.limit_blas_threads(1)
     from occupancy.exact import evaluate, update_kl
     from occupancy.families import initial_policy, make_family
     from occupancy.policy import make_tabular_team, team_table
@@ -557,7 +527,7 @@ def run_study(cfg: StudyConfig, fresh: bool = False) -> tuple[list[dict], list[d
     from occupancy.families import make_family
 
     torch.set_num_threads(1)
-    limit_blas_threads(1)
+    common.limit_blas_threads(1)
     out = common.results_dir(cfg.out)
     seeds = list(range(cfg.seed0, cfg.seed0 + cfg.seeds))
     runs_path = out / "runs.jsonl"
