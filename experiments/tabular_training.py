@@ -63,6 +63,7 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments import common
+from occupancy.exact import optimal_J  # noqa: F401  (moved to occupancy.exact; re-exported)
 
 #: mode name -> (StageConfig fields, UpdateConfig overrides)
 MODE_SPECS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -230,26 +231,6 @@ def interp_on_tokens(tokens_per_stage: Sequence[float], J: Sequence[float], grid
     out = np.interp(grid, cum, np.asarray(J, dtype=np.float64))
     out[grid > cum[-1] + 1e-9] = math.nan
     return out
-
-
-def optimal_J(mdp: Any, max_iter: int = 200) -> float:
-    """J of an optimal team policy (policy iteration with the exact evaluator; the team policy is a
-    single-agent policy on X, so a deterministic optimum exists)."""
-    from occupancy.exact import evaluate
-
-    s, a = mdp.n_states, mdp.n_actions
-    pi = np.full((s, a), 1.0 / a)
-    best = None
-    for _ in range(max_iter):
-        ev = evaluate(mdp, pi)
-        greedy = np.argmax(ev.Q + 1e-12 * np.arange(a)[::-1], axis=1)  # ties -> lowest action
-        new = np.zeros((s, a))
-        new[np.arange(s), greedy] = 1.0
-        new[np.asarray(mdp.terminal)] = 1.0 / a
-        if best is not None and np.array_equal(greedy, best):
-            return float(ev.J)
-        best, pi = greedy, new
-    return float(evaluate(mdp, pi).J)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,6 +79,24 @@ def evaluate(mdp: TeamMDP, pi: np.ndarray, method: Method = "auto", check: bool 
     return Evaluation(V=v, Q=q, A=adv, d=d, J=float(mdp.initial @ v))
 
 
+def optimal_J(mdp: TeamMDP, max_iter: int = 200) -> float:
+    """J of an optimal team policy (policy iteration with the exact evaluator; the team policy is a
+    single-agent policy on X, so a deterministic optimum exists)."""
+    s, a = mdp.n_states, mdp.n_actions
+    pi = np.full((s, a), 1.0 / a)
+    best = None
+    for _ in range(max_iter):
+        ev = evaluate(mdp, pi)
+        greedy = np.argmax(ev.Q + 1e-12 * np.arange(a)[::-1], axis=1)  # ties -> lowest action
+        new = np.zeros((s, a))
+        new[np.arange(s), greedy] = 1.0
+        new[np.asarray(mdp.terminal)] = 1.0 / a
+        if best is not None and np.array_equal(greedy, best):
+            return float(ev.J)
+        best, pi = greedy, new
+    return float(evaluate(mdp, pi).J)
+
+
 def agent_occupancy(mdp: TeamMDP, d: np.ndarray, agent: int, normalise: bool = False) -> np.ndarray:
     """d restricted to X_agent (S,), zero elsewhere; ``normalise`` divides by d(X_agent)."""
     out = np.where(mdp.agent_mask(agent), d, 0.0)

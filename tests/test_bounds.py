@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from occupancy import bounds as B
 from occupancy.exact import evaluate, evaluate_stage
 from occupancy.projection import kl_ball_step, trust_region_stage
-from experiments.bound_check import optimise_direction, random_policy, random_team_mdp
+from experiments.bound_check import optimise_direction
+from occupancy.instances import random_policy, random_team_mdp
 
 try:
     from occupancy import families

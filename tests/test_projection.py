@@ -10,7 +10,7 @@ from scipy.optimize import minimize
 
 from occupancy.exact import evaluate, kl_rows, update_kl
 from occupancy.projection import geometric_projection, kl_ball_step, trust_region_stage
-from experiments.bound_check import random_policy, random_team_mdp
+from occupancy.instances import random_policy, random_team_mdp
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
