@@ -5,7 +5,7 @@ pi_j(a | x) = softmax(logits[row(x)])_a with one trainable logit row (A,) per ow
 parameter of shape (|X_j|, A), float64 by default so that its tables pass the exact engine's
 row-sum check (1e-8) without renormalisation.
 
-It implements :class:`trust_region.protocols.AgentPolicy` for the tabular MessageBatch of
+It implements :class:`trust_region.interfaces.AgentPolicy` for the tabular MessageBatch of
 :mod:`occupancy.sampling` (one message = one action: state in ``batch.context[:, 0]``, action in
 ``batch.tokens[:, 0]``), and the sampler's team contract through :meth:`probs` ((|X_j|, A) rows in
 increasing state order). :func:`team_table` assembles the team policy (S, A) for the exact engine.

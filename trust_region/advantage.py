@@ -35,7 +35,7 @@ Shapes: M messages, T tokens per message, K trajectories.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -44,7 +44,9 @@ from torch import Tensor
 
 from trust_region.batch import MessageBatch
 
-ESTIMATORS = ("group", "gae")
+ADVANTAGE_ESTIMATORS = ("group", "gae")
+#: deprecated name of :data:`ADVANTAGE_ESTIMATORS` (kept importable for now)
+ESTIMATORS = ADVANTAGE_ESTIMATORS
 NORMALIZATIONS = ("group", "baseline", "none")
 
 
@@ -61,16 +63,19 @@ class AdvantageConfig:
     - ``gamma``, ``lam``: per-turn discount and trace parameter of the GAE estimator.
     """
 
-    estimator: Literal["group", "gae"] = "group"
-    normalization: Literal["group", "baseline", "none"] = "group"
-    eps: float = 1e-6
-    a_clip: float = 5.0
-    gamma: float = 1.0
-    lam: float = 0.95
+    estimator: Literal["group", "gae"] = field(default="group", metadata={
+        "help": "advantage estimator: 'group' (sequence-level return, TeamTR eq. 9) or 'gae' (SAT)"})
+    normalization: Literal["group", "baseline", "none"] = field(default="group", metadata={
+        "help": "'group': (R - mu) / sqrt(var + eps); 'baseline': R - mu; 'none': raw R"})
+    eps: float = field(default=1e-6, metadata={"help": "added to the group variance inside the square root (> 0)"})
+    a_clip: float = field(default=5.0, metadata={
+        "help": "symmetric advantage clip A_clip (> 0; inf disables it); also A_max of the certificate by default"})
+    gamma: float = field(default=1.0, metadata={"help": "per-turn discount of the GAE estimator, in [0, 1]"})
+    lam: float = field(default=0.95, metadata={"help": "trace parameter lambda of the GAE estimator, in [0, 1]"})
 
     def __post_init__(self) -> None:
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"AdvantageConfig.estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.estimator not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"AdvantageConfig.estimator must be one of {ADVANTAGE_ESTIMATORS}, got {self.estimator!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"AdvantageConfig.normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"

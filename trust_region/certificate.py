@@ -32,7 +32,7 @@ Per stage: the sums over the stage's updates.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,10 @@ class CertificateConfig:
     - ``delta_conf``: confidence level of the Hoeffding term, in (0, 1).
     """
 
-    gamma: float = 0.99
-    a_max: float | None = None
-    delta_conf: float = 0.05
+    gamma: float = field(default=0.99, metadata={"help": "discount of the bounds, in [0, 1) (SAT's code: 0.99)"})
+    a_max: float | None = field(default=None, metadata={
+        "help": "advantage bound A_max (> 0); null = the advantage clip A_clip"})
+    delta_conf: float = field(default=0.05, metadata={"help": "confidence level of the Hoeffding term, in (0, 1)"})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gamma < 1.0:

@@ -33,7 +33,9 @@ from torch import Tensor
 
 Estimator = Literal["k1", "k2", "k3"]
 Direction = Literal["reverse", "forward"]
-ESTIMATORS = ("k1", "k2", "k3")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+#: deprecated name of :data:`KL_ESTIMATORS` (kept importable for now)
+ESTIMATORS = KL_ESTIMATORS
 DIRECTIONS = ("reverse", "forward")
 
 #: log-ratios are clamped to this magnitude before exponentiation (avoids inf in r = exp(l))
@@ -56,7 +58,7 @@ def reverse_kl_tokens(logp_new: Tensor, logp_cur: Tensor, estimator: Estimator =
         return 0.5 * lr**2
     if estimator == "k3":
         return torch.expm1(lr) - lr
-    raise ValueError(f"KL estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    raise ValueError(f"KL estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
 
 
 def forward_kl_tokens(logp_new: Tensor, logp_cur: Tensor, estimator: Estimator = "k3") -> Tensor:
@@ -70,7 +72,7 @@ def forward_kl_tokens(logp_new: Tensor, logp_cur: Tensor, estimator: Estimator =
         return 0.5 * r * lr**2
     if estimator == "k3":
         return r * lr - torch.expm1(lr)
-    raise ValueError(f"KL estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    raise ValueError(f"KL estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
 
 
 def kl_tokens(

@@ -5,13 +5,22 @@ A stage draws one prompt batch (``prompt_source(prompts_per_stage)``), chooses a
 :func:`trust_region.update.update_agent` on its own messages. The modes differ only in which team
 produced the batch an update sees and how it is reweighted.
 
-Modes (hat_pi^{i-1} = the team with agents sigma(1..i-1) already updated; N agents):
+Modes (hat_pi^{i-1} = the team with agents sigma(1..i-1) already updated; N agents). They are
+the rows of one table, :data:`STAGE_MODES` (name -> :class:`StageMode`: when a fresh batch is
+sampled, which prompts it uses, how the objective is reweighted, whether prefix reuse applies);
+a new mode is one :func:`register_stage_mode` call:
 
 - ``intermediate`` (TeamTR): fresh rollouts of hat_pi^{i-1} before every update. N ``sample`` calls.
 - ``intermediate`` + ``prefix_reuse``: fresh rollouts for the first update; before update i > 1,
   ``sampler.resample_from(team, previous_batch, agent=sigma(i-1))`` keeps every trajectory up to the
   first turn of the agent changed last (still exact samples of hat_pi^{i-1}) and regenerates the
   rest. 1 ``sample`` + N-1 ``resample_from`` calls.
+- ``token_matched``: intermediate rollouts on the stale mode's budget. The stage's
+  ``prompts_per_stage`` prompts are split into N consecutive parts and update i samples fresh
+  rollouts of hat_pi^{i-1} on part i only (``group_size`` trajectories per prompt). Part sizes are
+  floor(P/N) or ceil(P/N), the first P mod N updates of the order getting the larger part, so the
+  stage generates exactly P * G trajectories, as many as ``stale`` (equal actions in the tabular
+  engine up to the random episode lengths). Needs P >= N. N ``sample`` calls.
 - ``stale`` (naive sequential): every update on the stage-start batch. 1 ``sample``.
 - ``stale_is`` (SAT): the stage-start batch reweighted by truncated importance weights. With the
   ``"group"`` advantage estimator each message's objective is multiplied by c(tau) = min(1, rho(tau)),
@@ -52,17 +61,84 @@ from torch import Tensor
 from trust_region.advantage import AdvantageConfig, compute_advantages
 from trust_region.batch import MessageBatch
 from trust_region.certificate import CertificateConfig, stage_certificate
+from trust_region.interfaces import AgentPolicy, Sampler
 from trust_region.kl import per_message
-from trust_region.protocols import AgentPolicy, Sampler
 from trust_region.update import UpdateConfig, UpdateReport, eval_log_probs, update_agent
 
-MODES = ("intermediate", "stale", "stale_is", "stale_happo", "joint", "resample_every_k")
 ORDERS = ("fixed", "reversed", "random")
-STALE_MODES = ("stale", "stale_is", "stale_happo", "joint")
+
+
+# ---------------------------------------------------------------------------- the mode table
+@dataclass(frozen=True)
+class StageMode:
+    """One row of the stage-mode table.
+
+    - ``name``, ``help``: the mode's name (``StageConfig.mode``) and a one-line description.
+    - ``fresh``: ``fresh(config, i) -> bool``, whether update i (0-based position in the order)
+      gets a freshly sampled batch (the first update always does).
+    - ``split_prompts``: True when the fresh batch of update i uses only the i-th of N parts of the
+      stage's prompts (token-matched budgets), False when it uses all of them.
+    - ``weighting``: importance weights of the already-updated agents on a reused batch: None,
+      ``"truncated"`` (SAT: c = min(1, rho)) or ``"untruncated"`` (HAPPO: rho).
+    - ``prefix_reuse``: whether ``StageConfig.prefix_reuse`` may be combined with the mode.
+    """
+
+    name: str
+    help: str
+    fresh: Callable[["StageConfig", int], bool]
+    split_prompts: bool = False
+    weighting: Literal["truncated", "untruncated"] | None = None
+    prefix_reuse: bool = False
+
+
+#: the stage-mode table (name -> StageMode); extend it with :func:`register_stage_mode`
+STAGE_MODES: dict[str, StageMode] = {}
+
+
+def register_stage_mode(mode: StageMode) -> StageMode:
+    """Add a row to :data:`STAGE_MODES` (a name may be registered once)."""
+    if mode.name in STAGE_MODES:
+        raise ValueError(f"stage mode {mode.name!r} is already registered")
+    if mode.weighting not in (None, "truncated", "untruncated"):
+        raise ValueError(f"stage mode {mode.name!r}: weighting must be None, 'truncated' or 'untruncated'")
+    STAGE_MODES[mode.name] = mode
+    return mode
+
+
+def _every_update(config: "StageConfig", i: int) -> bool:
+    return True
+
+
+def _first_update(config: "StageConfig", i: int) -> bool:
+    return i == 0
+
+
+def _every_k_updates(config: "StageConfig", i: int) -> bool:
+    return i % config.resample_every == 0
+
+
+register_stage_mode(StageMode("intermediate", "TeamTR: fresh rollouts of the partly updated team before every update",
+                              _every_update, prefix_reuse=True))
+register_stage_mode(StageMode("stale", "naive sequential: every update on the stage-start batch", _first_update))
+register_stage_mode(StageMode("stale_is", "SAT: the stage-start batch with truncated importance weights",
+                              _first_update, weighting="truncated"))
+register_stage_mode(StageMode("stale_happo", "HAPPO: the stage-start batch with untruncated importance weights",
+                              _first_update, weighting="untruncated"))
+register_stage_mode(StageMode("joint", "all agents from the stage-start batch, as if simultaneously", _first_update))
+register_stage_mode(StageMode("resample_every_k", "fresh rollouts before updates 1, k+1, 2k+1, ...; stale in between",
+                              _every_k_updates))
+register_stage_mode(StageMode("token_matched", "fresh rollouts before every update on 1/N of the stage's prompts "
+                              "(the stale mode's budget)", _every_update, split_prompts=True))
+
+#: the mode names (the keys of :data:`STAGE_MODES` at import)
+MODES = tuple(STAGE_MODES)
 
 __all__ = [
     "MODES",
     "ORDERS",
+    "STAGE_MODES",
+    "StageMode",
+    "register_stage_mode",
     "StageConfig",
     "StageReport",
     "UpdateConfig",
@@ -71,37 +147,39 @@ __all__ = [
     "CertificateConfig",
     "run_stage",
     "stage_order",
+    "prompt_part",
     "StageProgress",
 ]
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
 
 
 @dataclass(frozen=True)
 class StageConfig:
     """One stage's settings (validated; nested configs may be given as dicts, e.g. from YAML).
+    Every field carries its help text in ``metadata["help"]``."""
 
-    - ``mode``: one of :data:`MODES` (see the module docstring).
-    - ``prefix_reuse``: only with ``mode="intermediate"``; needs ``sampler.resample_from``.
-    - ``resample_every``: k >= 1 of ``resample_every_k``.
-    - ``order``: ``"fixed"`` (``fixed_order`` or 0..N-1), ``"reversed"`` (of that) or ``"random"``
-      (a fresh permutation per stage from ``rng``); ``fixed_order``: a permutation of 0..N-1 or None.
-    - ``prompts_per_stage`` >= 1 prompts, ``group_size`` G >= 1 trajectories per prompt (G >= 2 when
-      the advantage normalisation subtracts a group mean).
-    - ``advantage``, ``update``, ``certificate`` (None: no certificate terms).
-    - ``is_log_ratio_clip`` > 0: |log rho(tau)| is clamped to this before exponentiation
-      (stale_is / stale_happo; SAT's code clamps log-ratios at 10).
-    """
-
-    mode: Literal["intermediate", "stale", "stale_is", "stale_happo", "joint", "resample_every_k"] = "intermediate"
-    prefix_reuse: bool = False
-    resample_every: int = 2
-    order: Literal["fixed", "reversed", "random"] = "fixed"
-    fixed_order: tuple[int, ...] | None = None
-    prompts_per_stage: int = 8
-    group_size: int = 4
-    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
-    update: UpdateConfig = field(default_factory=UpdateConfig)
-    certificate: CertificateConfig | None = field(default_factory=CertificateConfig)
-    is_log_ratio_clip: float = 20.0
+    mode: str = field(default="intermediate", metadata=_help(
+        "which team produced the batch each update sees: one of " + ", ".join(MODES)
+        + " (trust_region.stage.STAGE_MODES)"))
+    prefix_reuse: bool = field(default=False, metadata=_help(
+        "with mode 'intermediate': keep trajectory prefixes before the agent changed last, regenerate the rest"))
+    resample_every: int = field(default=2, metadata=_help("k >= 1 of mode 'resample_every_k'"))
+    order: Literal["fixed", "reversed", "random"] = field(default="fixed", metadata=_help(
+        "update order per stage: 'fixed' (fixed_order or 0..N-1), 'reversed' (of that) or 'random'"))
+    fixed_order: tuple[int, ...] | None = field(default=None, metadata=_help(
+        "a permutation of 0..N-1 for order 'fixed'/'reversed'; null = 0..N-1"))
+    prompts_per_stage: int = field(default=8, metadata=_help("prompts P drawn per stage (>= 1)"))
+    group_size: int = field(default=4, metadata=_help(
+        "trajectories G per prompt (>= 2 when advantages subtract a group mean)"))
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig, metadata=_help("advantage estimation"))
+    update: UpdateConfig = field(default_factory=UpdateConfig, metadata=_help("one agent update (trust region)"))
+    certificate: CertificateConfig | None = field(default_factory=CertificateConfig, metadata=_help(
+        "certificate constants; null = no certificate terms"))
+    is_log_ratio_clip: float = field(default=20.0, metadata=_help(
+        "|log rho(tau)| is clamped to this (> 0) before exponentiation (stale_is / stale_happo)"))
 
     def __post_init__(self) -> None:
         for name, cls in (("advantage", AdvantageConfig), ("update", UpdateConfig), ("certificate", CertificateConfig)):
@@ -112,10 +190,11 @@ class StageConfig:
                 raise ValueError(f"StageConfig.{name} must be a {cls.__name__} (or a dict of its fields), got {value!r}")
         if self.fixed_order is not None:
             object.__setattr__(self, "fixed_order", tuple(int(x) for x in self.fixed_order))
-        if self.mode not in MODES:
-            raise ValueError(f"StageConfig.mode must be one of {MODES}, got {self.mode!r}")
-        if self.prefix_reuse and self.mode != "intermediate":
-            raise ValueError(f"StageConfig.prefix_reuse needs mode='intermediate', got mode={self.mode!r}")
+        if self.mode not in STAGE_MODES:
+            raise ValueError(f"StageConfig.mode must be one of {tuple(STAGE_MODES)}, got {self.mode!r}")
+        if self.prefix_reuse and not STAGE_MODES[self.mode].prefix_reuse:
+            allowed = [m.name for m in STAGE_MODES.values() if m.prefix_reuse]
+            raise ValueError(f"StageConfig.prefix_reuse needs mode in {allowed}, got mode={self.mode!r}")
         if not (isinstance(self.resample_every, int) and self.resample_every >= 1):
             raise ValueError(f"StageConfig.resample_every must be an int >= 1, got {self.resample_every!r}")
         if self.order not in ORDERS:
@@ -137,6 +216,11 @@ class StageConfig:
             )
         if not (self.is_log_ratio_clip > 0):
             raise ValueError(f"StageConfig.is_log_ratio_clip must be > 0, got {self.is_log_ratio_clip}")
+
+    @property
+    def stage_mode(self) -> StageMode:
+        """This config's row of :data:`STAGE_MODES`."""
+        return STAGE_MODES[self.mode]
 
     def to_dict(self) -> dict[str, Any]:
         """Resolved config as plain nested dicts (for saving next to results)."""
@@ -212,12 +296,19 @@ def stage_order(config: StageConfig, n_agents: int, rng: np.random.Generator) ->
     return [int(x) for x in rng.permutation(n_agents)]
 
 
-def _needs_fresh(config: StageConfig, i: int) -> bool:
-    if config.mode == "intermediate":
-        return True
-    if config.mode == "resample_every_k":
-        return i % config.resample_every == 0
-    return i == 0
+def prompt_part(prompts: Sequence[Any], n_parts: int, i: int) -> list[Any]:
+    """The i-th of ``n_parts`` consecutive parts of ``prompts`` (mode ``token_matched``).
+
+    Part sizes are floor(P / n) or ceil(P / n), the first P mod n parts the larger, so the parts
+    cover every prompt exactly once. Raises ValueError if P < n (some update would get no prompt).
+    """
+    p = len(prompts)
+    if p < n_parts:
+        raise ValueError(f"StageConfig.prompts_per_stage ({p}) must be >= the number of agents ({n_parts}) "
+                         "to split the stage's prompts over the updates (mode 'token_matched')")
+    base, extra = divmod(p, n_parts)
+    start = i * base + min(i, extra)
+    return list(prompts[start : start + base + (1 if i < extra else 0)])
 
 
 def mean_trajectory_return(batch: MessageBatch) -> float:
@@ -312,6 +403,88 @@ class StageProgress:
         )
 
 
+def _start_or_resume(
+    n: int,
+    prompt_source: Callable[[int], Sequence[Any]],
+    config: StageConfig,
+    rng: np.random.Generator,
+    betas: Sequence[float] | None,
+    stage: int,
+    resume: StageProgress | None,
+) -> StageProgress:
+    """A fresh :class:`StageProgress` (order, prompts, betas) or the validated ``resume``."""
+    if resume is None:
+        betas_now = [float(config.update.beta)] * n if betas is None else [float(b) for b in betas]
+        if len(betas_now) != n:
+            raise ValueError(f"run_stage: betas must have one entry per agent ({n}), got {len(betas_now)}")
+        order = stage_order(config, n, rng)
+        prompts = list(prompt_source(config.prompts_per_stage))
+        if not prompts:
+            raise ValueError("prompt_source returned no prompts")
+        if config.stage_mode.split_prompts:
+            prompt_part(prompts, n, 0)  # fail before any rollout if P < N
+        return StageProgress(stage=stage, order=order, prompts=prompts, next_index=0, betas=betas_now)
+    progress = resume
+    if sorted(progress.order) != list(range(n)):
+        raise ValueError(f"resume.order must be a permutation of 0..{n - 1}, got {progress.order}")
+    if len(progress.betas) != n:
+        raise ValueError(f"resume.betas must have one entry per agent ({n}), got {len(progress.betas)}")
+    if not 0 <= progress.next_index <= n:
+        raise ValueError(f"resume.next_index must be in [0, {n}], got {progress.next_index}")
+    i = progress.next_index
+    if i < n and progress.batch is None and i > 0 and not (
+        config.stage_mode.fresh(config, i) and not config.prefix_reuse
+    ):
+        raise ValueError(
+            f"resume.batch is needed to continue mode {config.mode!r}"
+            f"{' with prefix reuse' if config.prefix_reuse else ''} at update {i}"
+        )
+    return progress
+
+
+def _batch_for_update(
+    team: Sequence[AgentPolicy], sampler: Sampler, config: StageConfig, progress: StageProgress, i: int
+) -> tuple[int, int]:
+    """Make ``progress.batch`` the batch update i sees (sampling it when the mode says so);
+    returns the (trajectories, tokens) generated for it (0, 0 when the batch is reused)."""
+    mode = config.stage_mode
+    if progress.batch is not None and not mode.fresh(config, i):
+        return 0, 0
+    if config.prefix_reuse and progress.batch is not None:
+        batch = sampler.resample_from(team, progress.batch, agent=progress.order[i - 1])
+        progress.resample_calls += 1
+    else:
+        prompts = prompt_part(progress.prompts, len(team), i) if mode.split_prompts else progress.prompts
+        batch = sampler.sample(team, prompts, config.group_size)
+        progress.sample_calls += 1
+    if not isinstance(batch, MessageBatch):
+        raise TypeError(f"sampler must return a MessageBatch, got {type(batch).__name__}")
+    progress.batch = batch
+    progress.batch_start = i
+    gen_traj, gen_tok = _generated_cost(batch)
+    progress.trajectories_generated += gen_traj
+    progress.tokens_generated += gen_tok
+    progress.batch_mean_returns.append(mean_trajectory_return(batch))
+    return gen_traj, gen_tok
+
+
+def _importance_weights(
+    team: Sequence[AgentPolicy], config: StageConfig, progress: StageProgress, i: int, own: Tensor
+) -> tuple[Tensor | None, Tensor | None]:
+    """(weights of the agent's messages (M_j,) or None, log_rho of all messages (M,) or None) for
+    update i: the mode's importance weighting for the agents updated since the batch was sampled.
+    GAE with truncated weights takes the per-message log_rho (traces); otherwise trajectory weights."""
+    weighting = config.stage_mode.weighting
+    if weighting is None:
+        return None, None
+    batch = progress.batch
+    log_rho = updated_agents_log_rho(team, batch, progress.order[progress.batch_start:i], config.update.eval_batch_size)
+    if weighting == "truncated" and config.advantage.estimator != "group":
+        return None, log_rho
+    weights = trajectory_weights(batch, log_rho, truncate=weighting == "truncated", clip=config.is_log_ratio_clip)
+    return weights[own], None
+
+
 def run_stage(
     team: Sequence[AgentPolicy],
     optimizers: Sequence[torch.optim.Optimizer],
@@ -326,6 +499,10 @@ def run_stage(
     resume: StageProgress | None = None,
 ) -> StageReport:
     """Run one stage (see the module docstring) and return its :class:`StageReport`.
+
+    Per position i of the order: start or resume (:func:`_start_or_resume`), the batch for update i
+    (:func:`_batch_for_update`), its weights (:func:`_importance_weights`), then
+    :func:`trust_region.update.update_agent` on the agent's messages.
 
     Args:
         team: agents, ``team[j].agent_id == j``.
@@ -353,69 +530,17 @@ def run_stage(
     if config.prefix_reuse and not callable(getattr(sampler, "resample_from", None)):
         raise ValueError("StageConfig.prefix_reuse needs a sampler with resample_from(team, batch, agent)")
 
-    if resume is None:
-        betas_now = [float(config.update.beta)] * n if betas is None else [float(b) for b in betas]
-        if len(betas_now) != n:
-            raise ValueError(f"run_stage: betas must have one entry per agent ({n}), got {len(betas_now)}")
-        order = stage_order(config, n, rng)
-        prompts = list(prompt_source(config.prompts_per_stage))
-        if not prompts:
-            raise ValueError("prompt_source returned no prompts")
-        progress = StageProgress(stage=stage, order=order, prompts=prompts, next_index=0, betas=betas_now)
-    else:
-        progress = resume
-        if sorted(progress.order) != list(range(n)):
-            raise ValueError(f"resume.order must be a permutation of 0..{n - 1}, got {progress.order}")
-        if len(progress.betas) != n:
-            raise ValueError(f"resume.betas must have one entry per agent ({n}), got {len(progress.betas)}")
-        if not 0 <= progress.next_index <= n:
-            raise ValueError(f"resume.next_index must be in [0, {n}], got {progress.next_index}")
-        i = progress.next_index
-        if i < n and progress.batch is None and i > 0 and not (
-            _needs_fresh(config, i) and not config.prefix_reuse
-        ):
-            raise ValueError(
-                f"resume.batch is needed to continue mode {config.mode!r}"
-                f"{' with prefix reuse' if config.prefix_reuse else ''} at update {i}"
-            )
-
-    order = progress.order
+    progress = _start_or_resume(n, prompt_source, config, rng, betas, stage, resume)
     for i in range(progress.next_index, n):
-        j = order[i]
-        gen_traj = gen_tok = 0
-        if progress.batch is None or _needs_fresh(config, i):
-            if config.prefix_reuse and progress.batch is not None:
-                batch = sampler.resample_from(team, progress.batch, agent=order[i - 1])
-                progress.resample_calls += 1
-            else:
-                batch = sampler.sample(team, progress.prompts, config.group_size)
-                progress.sample_calls += 1
-            if not isinstance(batch, MessageBatch):
-                raise TypeError(f"sampler must return a MessageBatch, got {type(batch).__name__}")
-            progress.batch = batch
-            progress.batch_start = i
-            gen_traj, gen_tok = _generated_cost(batch)
-            progress.trajectories_generated += gen_traj
-            progress.tokens_generated += gen_tok
-            progress.batch_mean_returns.append(mean_trajectory_return(batch))
+        j = progress.order[i]
+        gen_traj, gen_tok = _batch_for_update(team, sampler, config, progress, i)
         batch = progress.batch
-
         own = batch.agent == j
         if not bool(own.any()):
-            report = UpdateReport(agent=j, position=i, stage=progress.stage, trajectories_generated=gen_traj,
-                                  tokens_generated=gen_tok, beta_start=progress.betas[j],
+            report = UpdateReport(agent=j, position=i, stage=progress.stage, beta_start=progress.betas[j],
                                   beta_end=progress.betas[j], delta=config.update.delta)
         else:
-            # agents already updated since this batch was sampled (only the stale families reweight)
-            weights = None
-            log_rho = None
-            if config.mode in ("stale_is", "stale_happo"):
-                log_rho = updated_agents_log_rho(team, batch, order[progress.batch_start:i],
-                                                 config.update.eval_batch_size)
-                if config.mode == "stale_happo" or config.advantage.estimator == "group":
-                    weights = trajectory_weights(batch, log_rho, truncate=config.mode == "stale_is",
-                                                 clip=config.is_log_ratio_clip)[own]
-                    log_rho = None
+            weights, log_rho = _importance_weights(team, config, progress, i, own)
             adv = compute_advantages(batch, j, config.advantage, log_rho=log_rho).select(own)
             report = update_agent(
                 team[j],
@@ -432,9 +557,9 @@ def run_stage(
                 position=i,
                 stage=progress.stage,
             )
-            report.trajectories_generated = gen_traj
-            report.tokens_generated = gen_tok
             progress.betas[j] = report.beta_end
+        report.trajectories_generated = gen_traj
+        report.tokens_generated = gen_tok
         progress.updates.append(report)
         progress.next_index = i + 1
         if on_update is not None:

@@ -52,7 +52,7 @@ from trust_region.batch import MessageBatch
 from trust_region.certificate import CertificateConfig, CertificateTerms, certificate_terms
 from trust_region.kl import DIRECTIONS, ESTIMATORS, kl_statistic, message_kl
 from trust_region.objective import clipped_message_objective, message_ratio, surrogate_loss
-from trust_region.protocols import AgentPolicy
+from trust_region.interfaces import AgentPolicy
 
 
 @dataclass(frozen=True)

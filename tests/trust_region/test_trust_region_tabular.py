@@ -18,10 +18,9 @@ from trust_region.protocols import AgentPolicy
 from trust_region.stage import StageConfig, run_stage
 from trust_region.update import UpdateConfig, eval_log_probs, update_agent
 
-from trust_region_toy import single_thread  # noqa: F401  (autouse fixture)
 
 
-def _setup(family="chain", n=3, seed=0, lr=0.05):
+def _setup(make_team, family="chain", n=3, seed=0, lr=0.05):
     mdp = make_family(family, n, seed=seed, rounds=1, gamma=0.95)
     pi0 = initial_policy(mdp, seed=seed)
     team = make_tabular_team(mdp, pi0)
@@ -30,8 +29,8 @@ def _setup(family="chain", n=3, seed=0, lr=0.05):
     return mdp, pi0, team, opts, sampler
 
 
-def test_tabular_agent_protocol_and_log_probs():
-    mdp, pi0, team, _, sampler = _setup()
+def test_tabular_agent_protocol_and_log_probs(make_team):
+    mdp, pi0, team, _, sampler = _setup(make_team)
     assert all(isinstance(a, AgentPolicy) for a in team)
     np.testing.assert_allclose(team_table(mdp, team), pi0, atol=1e-12)
     batch = sampler.sample(team, sampler.draw_prompts(8), 4)
@@ -47,8 +46,8 @@ def test_tabular_agent_protocol_and_log_probs():
         team[0].log_probs(batch.for_agent(1))
 
 
-def test_tabular_snapshot_restore():
-    mdp, _, team, opts, _ = _setup()
+def test_tabular_snapshot_restore(make_team):
+    mdp, _, team, opts, _ = _setup(make_team)
     snap = team[0].snapshot()
     with torch.no_grad():
         team[0].logits.add_(1.0)
@@ -57,10 +56,10 @@ def test_tabular_snapshot_restore():
     assert opts[0].param_groups[0]["params"][0] is team[0].logits  # restored in place
 
 
-def test_sampled_kl_monitor_matches_exact_kl():
+def test_sampled_kl_monitor_matches_exact_kl(make_team):
     """After one update, the batch's per-message k3 mean estimates the exact reverse KL under the
     agent's own occupancy (the sampler draws exactly from it in a one-round family)."""
-    mdp, pi0, team, opts, sampler = _setup(lr=0.2)
+    mdp, pi0, team, opts, sampler = _setup(make_team, lr=0.2)
     batch = sampler.sample(team, sampler.draw_prompts(256), 8)
     j = 1
     own = batch.agent == j
@@ -80,8 +79,8 @@ def test_sampled_kl_monitor_matches_exact_kl():
 
 
 @pytest.mark.parametrize("mode, prefix", [("intermediate", False), ("intermediate", True), ("stale_is", False)])
-def test_run_stage_trains_a_tabular_team(mode, prefix):
-    mdp, pi0, team, opts, sampler = _setup(family="chain", lr=0.05)
+def test_run_stage_trains_a_tabular_team(mode, prefix, make_team):
+    mdp, pi0, team, opts, sampler = _setup(make_team, family="chain", lr=0.05)
     cfg = StageConfig(mode=mode, prefix_reuse=prefix, prompts_per_stage=32, group_size=8,
                       update=UpdateConfig(delta=0.05, epochs=4, minibatch_size=64))
     rng = np.random.default_rng(0)

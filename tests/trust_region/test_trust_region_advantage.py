@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from trust_region_toy import single_thread  # noqa: F401  (autouse fixture)
 
 from trust_region.advantage import (
     AdvantageConfig,

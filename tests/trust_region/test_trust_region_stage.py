@@ -14,12 +14,11 @@ from trust_region.certificate import CertificateConfig
 from trust_region.stage import StageConfig, run_stage, stage_order
 from trust_region.update import UpdateConfig
 
-from trust_region_toy import make_team, single_thread  # noqa: F401  (autouse fixture)
 
 FAST = UpdateConfig(delta=0.05, epochs=1, minibatch_size=None)
 
 
-def _run(mode, n_agents=3, prefix_reuse=False, k=2, order="fixed", seed=0, on_call=None, update=FAST, **kw):
+def _run(make_team, mode, n_agents=3, prefix_reuse=False, k=2, order="fixed", seed=0, on_call=None, update=FAST, **kw):
     team, opts, sampler, prompts = make_team(n_agents=n_agents, seed=seed, lr=0.05, on_call=on_call)
     cfg = StageConfig(mode=mode, prefix_reuse=prefix_reuse, resample_every=k, order=order, prompts_per_stage=3,
                       group_size=2, update=update, **kw)
@@ -38,16 +37,16 @@ def _run(mode, n_agents=3, prefix_reuse=False, k=2, order="fixed", seed=0, on_ca
         ("joint", lambda n: (1, 0)),
     ],
 )
-def test_sample_counts(mode, expected, n):
-    rep, sampler, _ = _run(mode, n_agents=n)
+def test_sample_counts(mode, expected, n, make_team):
+    rep, sampler, _ = _run(make_team, mode, n_agents=n)
     assert (sampler.sample_calls, sampler.resample_calls) == expected(n)
     assert (rep.sample_calls, rep.resample_calls) == expected(n)
     assert len(rep.updates) == n
 
 
 @pytest.mark.parametrize("n, k", [(3, 2), (4, 2), (5, 2), (5, 3), (3, 1), (3, 5)])
-def test_resample_every_k_counts(n, k):
-    rep, sampler, _ = _run("resample_every_k", n_agents=n, k=k)
+def test_resample_every_k_counts(n, k, make_team):
+    rep, sampler, _ = _run(make_team, "resample_every_k", n_agents=n, k=k)
     assert sampler.sample_calls == math.ceil(n / k) == rep.sample_calls
     assert sampler.resample_calls == 0
     gen = [u.trajectories_generated for u in rep.updates]
@@ -55,15 +54,15 @@ def test_resample_every_k_counts(n, k):
 
 
 @pytest.mark.parametrize("order", ["fixed", "reversed", "random"])
-def test_prefix_reuse_counts(order):
-    rep, sampler, _ = _run("intermediate", n_agents=3, prefix_reuse=True, order=order, seed=3)
+def test_prefix_reuse_counts(order, make_team):
+    rep, sampler, _ = _run(make_team, "intermediate", n_agents=3, prefix_reuse=True, order=order, seed=3)
     assert sampler.sample_calls == 1 and sampler.resample_calls == 2
     assert (rep.sample_calls, rep.resample_calls) == (1, 2)
     # resample_from is called with the agent that changed last
     assert sampler.resample_agents == rep.order[:-1]
     # prefix reuse generates fewer tokens than fresh intermediate rollouts: at least one of the two
     # agents changed before a resample is not agent 0 (who speaks first), so prefixes are kept
-    fresh, _, _ = _run("intermediate", n_agents=3, order=order, seed=3)
+    fresh, _, _ = _run(make_team, "intermediate", n_agents=3, order=order, seed=3)
     assert rep.tokens_generated < fresh.tokens_generated
     kept_first = rep.order[0] != 0
     assert (rep.updates[1].trajectories_generated, rep.updates[1].tokens_generated < 36) == (6, kept_first)
@@ -84,14 +83,14 @@ def test_orders():
 
 
 @pytest.mark.parametrize("mode", ["intermediate", "resample_every_k"])
-def test_only_the_target_agent_changes_between_samples(mode):
+def test_only_the_target_agent_changes_between_samples(mode, make_team):
     """Between two consecutive rollout calls exactly the agent updated in between has changed."""
     seen: list[list[torch.Tensor]] = []
 
     def on_call(kind, team):
         seen.append([a.logits.detach().clone() for a in team])
 
-    rep, sampler, team = _run(mode, n_agents=3, k=1, order="random", seed=5, on_call=on_call)
+    rep, sampler, team = _run(make_team, mode, n_agents=3, k=1, order="random", seed=5, on_call=on_call)
     seen.append([a.logits.detach().clone() for a in team])  # after the stage
     assert len(seen) == 4
     for i, j in enumerate(rep.order):
@@ -99,12 +98,12 @@ def test_only_the_target_agent_changes_between_samples(mode):
         assert changed == [a == j for a in range(3)], (i, j, changed)
 
 
-def test_stale_modes_share_the_stage_start_batch_and_weights():
+def test_stale_modes_share_the_stage_start_batch_and_weights(make_team):
     upd = UpdateConfig(delta=0.5, epochs=3, minibatch_size=2, beta=0.0)
-    stale, _, _ = _run("stale", update=upd)
-    is_, _, _ = _run("stale_is", update=upd)
-    happo, _, _ = _run("stale_happo", update=upd)
-    joint, _, _ = _run("joint", update=upd)
+    stale, _, _ = _run(make_team, "stale", update=upd)
+    is_, _, _ = _run(make_team, "stale_is", update=upd)
+    happo, _, _ = _run(make_team, "stale_happo", update=upd)
+    joint, _, _ = _run(make_team, "joint", update=upd)
     # first update: no agent has been updated yet, all weights are 1
     for rep in (is_, happo):
         first = rep.updates[0]
@@ -118,15 +117,15 @@ def test_stale_modes_share_the_stage_start_batch_and_weights():
         assert a.kl == b.kl and a.n_steps == b.n_steps
 
 
-def test_stale_is_with_gae_uses_truncated_traces():
+def test_stale_is_with_gae_uses_truncated_traces(make_team):
     upd = UpdateConfig(delta=0.5, epochs=3, minibatch_size=2, beta=0.0)
-    rep, _, _ = _run("stale_is", update=upd, advantage=AdvantageConfig(estimator="gae", lam=0.9))
+    rep, _, _ = _run(make_team, "stale_is", update=upd, advantage=AdvantageConfig(estimator="gae", lam=0.9))
     # traces, not trajectory weights: the objective weights stay 1
     assert all(u.weight_min == u.weight_max == 1.0 for u in rep.updates)
     assert all(u.n_messages > 0 for u in rep.updates)
 
 
-def test_every_accepted_update_in_a_stage_is_inside_delta():
+def test_every_accepted_update_in_a_stage_is_inside_delta(make_team):
     upd = UpdateConfig(delta=0.01, epochs=3, minibatch_size=2)
     team, opts, sampler, prompts = make_team(n_agents=3, seed=1, lr=1.0)
     cfg = StageConfig(mode="intermediate", prompts_per_stage=4, group_size=3, update=upd)
@@ -138,8 +137,8 @@ def test_every_accepted_update_in_a_stage_is_inside_delta():
     assert sum(u.n_rejected for u in rep.updates) > 0
 
 
-def test_report_to_dict_is_json_floats():
-    rep, _, _ = _run("intermediate", certificate=CertificateConfig(gamma=0.9))
+def test_report_to_dict_is_json_floats(make_team):
+    rep, _, _ = _run(make_team, "intermediate", certificate=CertificateConfig(gamma=0.9))
     d = rep.to_dict()
     assert all(isinstance(v, float) for v in d.values())
     json.dumps(d)
@@ -148,7 +147,7 @@ def test_report_to_dict_is_json_floats():
     assert "agent2/cert/kl_term" in d
 
 
-def test_team_trains_over_stages():
+def test_team_trains_over_stages(make_team):
     team, opts, sampler, prompts = make_team(n_agents=2, seed=2, lr=0.1, msg_len=1, vocab=3, n_prompts=2)
     cfg = StageConfig(mode="intermediate", prompts_per_stage=4, group_size=8,
                       update=UpdateConfig(delta=0.1, epochs=2, minibatch_size=8))
@@ -194,7 +193,7 @@ def test_group_size_one_allowed_without_normalisation_and_from_dict():
         StageConfig.from_dict(dict(groupsize=4))
 
 
-def test_run_stage_argument_checks():
+def test_run_stage_argument_checks(make_team):
     team, opts, sampler, prompts = make_team(n_agents=2)
     with pytest.raises(ValueError, match="optimizer"):
         run_stage(team, opts[:1], sampler, prompts, StageConfig(), np.random.default_rng(0))
@@ -210,8 +209,8 @@ class _Stop(Exception):
 
 @pytest.mark.parametrize("mode, prefix", [("intermediate", False), ("intermediate", True), ("stale_is", False),
                                           ("resample_every_k", False)])
-def test_resume_mid_stage_reproduces_the_uninterrupted_stage(mode, prefix):
-    def full_run():
+def test_resume_mid_stage_reproduces_the_uninterrupted_stage(mode, prefix, make_team):
+    def full_run(make_team):
         team, opts, sampler, prompts = make_team(n_agents=3, seed=4, lr=0.05)
         cfg = StageConfig(mode=mode, prefix_reuse=prefix, resample_every=2, order="random", prompts_per_stage=3,
                           group_size=2, update=UpdateConfig(delta=0.05, epochs=2, minibatch_size=2))
@@ -220,7 +219,7 @@ def test_resume_mid_stage_reproduces_the_uninterrupted_stage(mode, prefix):
                         on_update=lambda p: seen.append((p.next_index, p.updates[-1].agent)))
         return team, rep, seen
 
-    team_a, rep_a, seen_a = full_run()
+    team_a, rep_a, seen_a = full_run(make_team)
     assert [k for k, _ in seen_a] == [1, 2, 3]
     assert [a for _, a in seen_a] == rep_a.order
 
@@ -248,7 +247,7 @@ def test_resume_mid_stage_reproduces_the_uninterrupted_stage(mode, prefix):
     assert [u.kl for u in rep_b.updates] == [u.kl for u in rep_a.updates]
 
 
-def test_resume_without_a_needed_batch_is_refused():
+def test_resume_without_a_needed_batch_is_refused(make_team):
     team, opts, sampler, prompts = make_team(n_agents=3)
     cfg = StageConfig(mode="stale", prompts_per_stage=2, group_size=2)
     captured = []
@@ -262,3 +261,57 @@ def test_resume_without_a_needed_batch_is_refused():
     captured[0].batch = None
     with pytest.raises(ValueError, match="resume.batch"):
         run_stage(team, opts, sampler, prompts, cfg, np.random.default_rng(0), resume=captured[0])
+
+
+@pytest.mark.parametrize("n, p", [(2, 4), (3, 3), (3, 7), (4, 5)])
+def test_token_matched_generates_the_stale_budget_and_not_more(n, p, make_team):
+    """token_matched: N fresh batches on 1/N of the prompts each; the stage generates exactly the
+    P * G trajectories of one stale batch (counted by the sampler), every prompt used once."""
+    from trust_region.stage import prompt_part
+
+    def run(mode):
+        team, opts, sampler, prompts = make_team(n_agents=n, seed=1, lr=0.05, n_prompts=p)
+        seen = []
+        inner = sampler.sample
+
+        def counting_sample(team_, prompts_, group_size):
+            b = inner(team_, prompts_, group_size)
+            seen.append((list(prompts_), b.num_trajectories, b.num_generated_tokens))
+            return b
+
+        sampler.sample = counting_sample
+        cfg = StageConfig(mode=mode, prompts_per_stage=p, group_size=2, update=FAST)
+        return run_stage(team, opts, sampler, prompts, cfg, np.random.default_rng(0)), seen, prompts(p)
+
+    rep, seen, stage_prompts = run("token_matched")
+    stale, seen_stale, _ = run("stale")
+    assert len(seen) == n == rep.sample_calls and rep.resample_calls == 0
+    assert sum(t for _, t, _ in seen) == p * 2 == rep.trajectories_generated == stale.trajectories_generated
+    assert sum(k for _, _, k in seen) == rep.tokens_generated == stale.tokens_generated  # fixed-length toy messages
+    assert [q for part, _, _ in seen for q in part] == stage_prompts  # each prompt exactly once, in order
+    sizes = [len(part) for part, _, _ in seen]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    assert [u.trajectories_generated for u in rep.updates] == [2 * s for s in sizes]
+    assert prompt_part(list(range(7)), 3, 0) == [0, 1, 2] and prompt_part(list(range(7)), 3, 2) == [5, 6]
+
+
+def test_token_matched_needs_a_prompt_per_agent(make_team):
+    team, opts, sampler, prompts = make_team(n_agents=3)
+    cfg = StageConfig(mode="token_matched", prompts_per_stage=2, group_size=2, update=FAST)
+    with pytest.raises(ValueError, match="prompts_per_stage"):
+        run_stage(team, opts, sampler, prompts, cfg, np.random.default_rng(0))
+    assert sampler.sample_calls == 0
+
+
+def test_a_new_mode_is_one_table_entry(make_team):
+    from trust_region.stage import STAGE_MODES, StageMode, register_stage_mode
+
+    name = "every_third_test_only"
+    register_stage_mode(StageMode(name, "test", lambda c, i: i % 3 == 0))
+    try:
+        rep, sampler, _ = _run(make_team, name, n_agents=4)
+        assert sampler.sample_calls == 2 == rep.sample_calls
+        with pytest.raises(ValueError, match="already registered"):
+            register_stage_mode(StageMode(name, "again", lambda c, i: True))
+    finally:
+        STAGE_MODES.pop(name)

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from trust_region_toy import single_thread  # noqa: F401  (autouse fixture)
 
 from trust_region.kl import (
     categorical_forward_kl,

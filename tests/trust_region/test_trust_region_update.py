@@ -13,10 +13,9 @@ from trust_region.certificate import CertificateConfig, hoeffding_term, penalty_
 from trust_region.kl import kl_statistic, message_kl
 from trust_region.update import UpdateConfig, adaptive_beta, eval_log_probs, update_agent
 
-from trust_region_toy import make_team, single_thread  # noqa: F401  (autouse fixture)
 
 
-def _setup(seed=0, lr=0.5, optimizer="adam", agent=1, msg_len=2):
+def _setup(make_team, seed=0, lr=0.5, optimizer="adam", agent=1, msg_len=2):
     team, opts, sampler, prompts = make_team(n_agents=3, msg_len=msg_len, seed=seed, lr=lr, optimizer=optimizer)
     batch = sampler.sample(team, prompts(4), 4)
     own = batch.agent == agent
@@ -41,8 +40,8 @@ def _measure(agent, batch, logp_cur, cfg: UpdateConfig) -> float:
     ],
 )
 @pytest.mark.parametrize("seed", [0, 1])
-def test_accepted_updates_stay_inside_delta(cfg, seed):
-    team, opts, batch, adv = _setup(seed=seed, lr=0.5)
+def test_accepted_updates_stay_inside_delta(cfg, seed, make_team):
+    team, opts, batch, adv = _setup(make_team, seed=seed, lr=0.5)
     agent = team[1]
     logp_cur = eval_log_probs(agent, batch)
     rep = update_agent(agent, opts[1], batch, adv, cfg, rng=np.random.default_rng(seed))
@@ -56,8 +55,8 @@ def test_accepted_updates_stay_inside_delta(cfg, seed):
     assert rep.n_steps > 0 or rep.stopped_early
 
 
-def test_no_trust_region_lets_kl_grow_past_delta():
-    team, opts, batch, adv = _setup(lr=0.5)
+def test_no_trust_region_lets_kl_grow_past_delta(make_team):
+    team, opts, batch, adv = _setup(make_team, lr=0.5)
     cfg = UpdateConfig(delta=math.inf, kl_target=0.02, epochs=4, minibatch_size=4)
     rep = update_agent(team[1], opts[1], batch, adv, cfg)
     assert rep.n_rejected == 0 and rep.n_steps == 4 * math.ceil(len(batch) / 4)
@@ -81,8 +80,8 @@ def _opt_state_equal(a: dict, b: dict) -> bool:
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_breaching_step_is_undone_bitwise(optimizer):
-    team, opts, batch, adv = _setup(lr=0.05, optimizer=optimizer)
+def test_breaching_step_is_undone_bitwise(optimizer, make_team):
+    team, opts, batch, adv = _setup(make_team, lr=0.05, optimizer=optimizer)
     agent, opt = team[1], opts[1]
     if optimizer == "sgd":
         opt = torch.optim.SGD(agent.trainable_parameters(), lr=0.05, momentum=0.9)
@@ -109,8 +108,8 @@ def test_breaching_step_is_undone_bitwise(optimizer):
     assert rep.kl == 0.0
 
 
-def test_fresh_optimizer_state_restored_when_first_step_breaches():
-    team, opts, batch, adv = _setup(lr=100.0)
+def test_fresh_optimizer_state_restored_when_first_step_breaches(make_team):
+    team, opts, batch, adv = _setup(make_team, lr=100.0)
     agent, opt = team[1], opts[1]
     before = agent.logits.detach().clone()
     rep = update_agent(agent, opt, batch, adv, UpdateConfig(delta=1e-8, max_backtracks=0))
@@ -119,8 +118,8 @@ def test_fresh_optimizer_state_restored_when_first_step_breaches():
     assert len(opt.state) == 0  # Adam has no moments yet, as before the rejected step
 
 
-def test_only_this_agents_parameters_change():
-    team, opts, batch, adv = _setup(lr=0.05)
+def test_only_this_agents_parameters_change(make_team):
+    team, opts, batch, adv = _setup(make_team, lr=0.05)
     before = [a.logits.detach().clone() for a in team]
     rep = update_agent(team[1], opts[1], batch, adv, UpdateConfig(delta=0.05, epochs=2, minibatch_size=4))
     assert rep.n_steps > 0
@@ -128,8 +127,8 @@ def test_only_this_agents_parameters_change():
     assert not torch.equal(team[1].logits, before[1])
 
 
-def test_update_improves_surrogate_with_small_steps():
-    team, opts, batch, adv = _setup(lr=0.05)
+def test_update_improves_surrogate_with_small_steps(make_team):
+    team, opts, batch, adv = _setup(make_team, lr=0.05)
     rep = update_agent(team[1], opts[1], batch, adv, UpdateConfig(delta=0.05, epochs=4, minibatch_size=8),
                        certificate=CertificateConfig(gamma=0.5), a_max=5.0)
     assert rep.certificate is not None
@@ -137,14 +136,14 @@ def test_update_improves_surrogate_with_small_steps():
     assert rep.kl <= 0.05
 
 
-def test_optimizer_with_foreign_parameters_rejected():
-    team, opts, batch, adv = _setup()
+def test_optimizer_with_foreign_parameters_rejected(make_team):
+    team, opts, batch, adv = _setup(make_team)
     with pytest.raises(ValueError, match="optimizer"):
         update_agent(team[1], opts[0], batch, adv, UpdateConfig())
 
 
-def test_batch_of_another_agent_rejected():
-    team, opts, batch, adv = _setup(agent=1)
+def test_batch_of_another_agent_rejected(make_team):
+    team, opts, batch, adv = _setup(make_team, agent=1)
     with pytest.raises(ValueError, match="other than"):
         update_agent(team[0], opts[0], batch, adv, UpdateConfig())
 
@@ -155,8 +154,8 @@ def test_adaptive_beta_rule():
     assert adaptive_beta(1.0, 0.011, 0.01, 1000, 1000) == pytest.approx(1.1)
 
 
-def test_certificate_terms_formulae():
-    team, opts, batch, adv = _setup(lr=0.05)
+def test_certificate_terms_formulae(make_team):
+    team, opts, batch, adv = _setup(make_team, lr=0.05)
     cc = CertificateConfig(gamma=0.9, delta_conf=0.1)
     rep = update_agent(team[1], opts[1], batch, adv, UpdateConfig(delta=0.05), certificate=cc, a_max=5.0, n_agents=3)
     t = rep.certificate
