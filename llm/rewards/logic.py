@@ -3,18 +3,29 @@
 ZebraLogic (kind ``"zebra"``)
 -----------------------------
 Reference (``problem.answer``): ``{"header": ["House", attr1, ...], "rows": [["1", v, ...], ...]}``
-as in the shared file. The model answers with a JSON object, in any of three layouts:
+as in the shared file. The defaults are those of ZeroEval's official scorer
+(``src/evaluation/zebra_grid_eval.py`` with ``extract_last_complete_json``), so that puzzle and
+cell accuracy can be compared with the ZebraLogic leaderboard:
 
-- ZeroEval's grid-mode format: ``{"reasoning": ..., "solution": {"House 1": {"Name": "Bob", ...}}}``;
-- the same without the ``solution`` wrapper: ``{"House 1": {...}, ...}``;
-- the reference layout ``{"header": [...], "rows": [[...]]}``.
+- the last complete top-level ``{...}`` of the output is the answer, read with ``json.loads``
+  after every newline is removed (a raw newline inside a string is not an error); if it does not
+  parse there is no answer (``json_repair=True``: try fenced ```json blocks and earlier objects
+  too and drop trailing commas);
+- the answer is ``{"reasoning": ..., "solution": {"House 1": {"Name": "Bob", ...}}}``; no
+  ``solution`` (or ``null``) is no answer (``layouts``: also accept the bare house map
+  ``"houses"`` and the reference layout ``"rows"``);
+- house keys ``House i`` and attribute names as in the reference header, exactly (``keys="loose"``:
+  case, spaces, underscores ignored and any key with the house number);
+- a cell is right when ``value.lower().strip()`` equals the reference's; inner whitespace is kept
+  (``cells="collapse_space"``: runs of whitespace count as one space); a list cell counts by its
+  first element (``list_cells``: "first" as ZeroEval, "single" only one-element lists, "wrong");
+  empty, ``null`` or nested-object cells are wrong. ZeroEval raises on a number cell; here it is
+  compared as text (the one deliberate difference).
 
-The last JSON object of the output that parses is used. Cells are compared case-insensitively
-with whitespace collapsed (as ZeroEval does); attribute names are matched ignoring case, spaces and
-underscores. ``info["cell_accuracy"]`` is the fraction of the N x M solution cells right (missing
-cells count as wrong); the grade's ``score`` is puzzle accuracy (1 only when every cell is right)
-by default, or the cell accuracy with ``ZebraGrader(score="cell")``. No parsable JSON grid: parse
-failure.
+``info`` holds ``cells_correct`` and ``cells_total`` (so the leaderboard's cell accuracy, total
+correct cells / total cells, can be summed over puzzles), ``cell_accuracy`` (this puzzle's
+fraction) and ``puzzle_accuracy``; the grade's ``score`` is puzzle accuracy (1 only when every cell
+is right) by default, or the cell accuracy with ``ZebraGrader(score="cell")``.
 
 AutoLogi (kind ``"autologi"``)
 ------------------------------
@@ -23,10 +34,16 @@ its scorer (``evaluation/eval.py``, ``compute_coding_pass1``): each item carries
 ``code.Inputs_Check_code`` (defines ``inputs_check(inputs) -> bool``) and
 ``code.Constraint_List_code`` (defines constraint functions and ``constraint_list``). A model
 answer is a Python literal (dict/list, often with sets) that is correct when ``inputs_check``
-accepts it and every constraint in ``constraint_list`` holds. Extraction as in the official scorer:
-the last fenced code block, else the last ``{...}``, else the last ``[...]``; ``//`` comments
-removed, ``true/false`` mapped to Python; ``name = {...}`` accepted. The answer is read with
-``ast.literal_eval`` only (never executed). The benchmark's verifier code *is* executed, in a
+accepts it and every constraint in ``constraint_list`` holds. Extraction (``extraction="official"``,
+the default) is the official scorer's step by step: the last fenced code block, else the last
+``{...}``, else the last ``[...]``; ``//`` comments removed; ``true``/``false`` replaced;
+``ast.literal_eval``, else the part after the first ``=``, else ``json.loads``. That includes its
+accidents: an indented fenced block (a code block inside a list item) ends in a whitespace-only
+line, which ``ast.literal_eval`` rejects (``IndentationError``), so such an answer is read only
+when it is valid JSON (a Python set or tuple there is an extraction failure); and ``true`` is
+replaced inside words as well. ``extraction="lenient"`` strips the block first, replaces only
+whole words and accepts only containers. The answer is read with ``ast.literal_eval`` /
+``json.loads`` only (never executed). The benchmark's verifier code *is* executed, in a
 separate isolated interpreter (``python -I``) with a timeout (20 s as in the official scorer), and
 only when the caller opts in with ``trust_verifier_code=True`` (like ``trust_remote_code``).
 """
@@ -42,90 +59,188 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm.rewards.base import Grade, Problem
-from llm.rewards.extract import balanced_spans, extract_last_json_object
+from llm.rewards.extract import balanced_spans, loads_lenient
 
 # ----------------------------------------------------------------------------- ZebraLogic
 
-
-def _norm_cell(value: Any) -> str:
-    return re.sub(r"\s+", " ", str(value)).strip().lower()
+ZEBRA_LAYOUTS = ("solution", "houses", "rows")
+ZEBRA_KEYS = ("exact", "loose")
+ZEBRA_CELLS = ("strip_lower", "collapse_space")
+ZEBRA_LIST_CELLS = ("first", "single", "wrong")
 
 
 def _norm_key(key: Any) -> str:
     return re.sub(r"[\s_\-]+", "", str(key)).lower()
 
 
-def zebra_reference_cells(answer: dict[str, Any]) -> dict[tuple[int, str], str]:
-    """{(house number, normalised attribute): normalised value} of a reference grid; the House
-    column itself is not a cell. Raises ValueError naming the missing field when malformed."""
+def _cell_text(value: Any, list_cells: str) -> str | None:
+    """The text of a predicted cell, or None when it cannot be right (empty, null, an object)."""
+    if isinstance(value, list):
+        if not value or list_cells == "wrong" or (list_cells == "single" and len(value) != 1):
+            return None
+        value = value[0]
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    text = str(value)
+    return text if text else None
+
+
+def _cells_equal(pred: str, gold: str, cells: str) -> bool:
+    if cells == "collapse_space":
+        return re.sub(r"\s+", " ", pred).strip().lower() == re.sub(r"\s+", " ", gold).strip().lower()
+    return pred.lower().strip() == gold.lower().strip()
+
+
+def zebra_reference_grid(answer: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """``{"House i": {attribute: value}}`` of a reference answer, as ZeroEval builds its solution
+    table; the House column itself is not a cell. Raises ValueError naming the missing field."""
     for key in ("header", "rows"):
         if key not in answer:
             raise ValueError(f"ZebraLogic reference answer lacks the field {key!r}")
-    header = [_norm_key(h) for h in answer["header"]]
-    cells: dict[tuple[int, str], str] = {}
+    header = list(answer["header"])
+    grid: dict[str, dict[str, str]] = {}
     for row in answer["rows"]:
         if len(row) != len(header):
-            raise ValueError(f"ZebraLogic reference row {row!r} does not match header {answer['header']!r}")
-        house = int(str(row[0]).strip())
-        for name, value in zip(header[1:], row[1:]):
-            cells[(house, name)] = _norm_cell(value)
-    return cells
+            raise ValueError(f"ZebraLogic reference row {row!r} does not match header {header!r}")
+        grid[f"House {int(str(row[0]).strip())}"] = {str(h): str(v) for h, v in zip(header[1:], row[1:])}
+    return grid
 
 
-def zebra_prediction_cells(obj: Any) -> dict[tuple[int, str], str] | None:
-    """Cells of a predicted grid in any accepted layout (module docstring), or None."""
+def _rows_to_grid(obj: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return zebra_reference_grid(obj)
+    except (ValueError, TypeError):
+        return None
+
+
+def zebra_prediction(obj: Any, layouts: tuple[str, ...] = ("solution",)) -> tuple[bool, Any]:
+    """``(answered, house table)`` of a decoded model answer. ``answered`` False is ZeroEval's
+    "no answer" (no ``solution`` key or ``null``, unless another accepted layout matches)."""
     if not isinstance(obj, dict):
+        return False, None
+    if "solution" in layouts and obj.get("solution") is not None:
+        return True, obj["solution"]
+    if "rows" in layouts and "header" in obj and "rows" in obj:
+        grid = _rows_to_grid(obj)
+        if grid is not None:
+            return True, grid
+    if "houses" in layouts and any(re.search(r"\d", str(k)) and isinstance(v, dict) for k, v in obj.items()):
+        return True, obj
+    return False, None
+
+
+def _lookup(table: dict[str, Any], key: str, keys: str) -> Any:
+    if keys == "exact":
+        return table.get(key)
+    if key in table:
+        return table[key]
+    if key.startswith("House "):  # "house 1", "House_1", "1": the house number decides
+        number = key.split()[-1]
+        for k, v in table.items():
+            m = re.search(r"\d+", str(k))
+            if m is not None and m.group() == number:
+                return v
         return None
-    if "header" in obj and "rows" in obj:
-        try:
-            return zebra_reference_cells(obj)
-        except (ValueError, TypeError):
-            return None
-    sol = obj.get("solution", obj)
-    if not isinstance(sol, dict):
-        return None
-    cells: dict[tuple[int, str], str] = {}
-    for house_key, attrs in sol.items():
-        m = re.search(r"\d+", str(house_key))
-        if m is None or not isinstance(attrs, dict):
+    wanted = _norm_key(key)
+    for k, v in table.items():
+        if _norm_key(k) == wanted:
+            return v
+    return None
+
+
+def zebra_count_cells(
+    table: Any,
+    gold: dict[str, dict[str, str]],
+    keys: str = "exact",
+    cells: str = "strip_lower",
+    list_cells: str = "first",
+) -> tuple[int, dict[str, dict[str, str]]]:
+    """(number of right cells, the cells that were read) of a predicted house table."""
+    right = 0
+    read: dict[str, dict[str, str]] = {}
+    if not isinstance(table, dict):
+        return 0, read
+    for house, attrs in gold.items():
+        row = _lookup(table, house, keys)
+        if not isinstance(row, dict):
             continue
-        house = int(m.group())
-        for name, value in attrs.items():
-            if isinstance(value, (dict, list)):
+        for column, truth in attrs.items():
+            value = _cell_text(_lookup(row, column, keys), list_cells)
+            if value is None:
                 continue
-            cells[(house, _norm_key(name))] = _norm_cell(value)
-    return cells or None
+            read.setdefault(house, {})[column] = value
+            right += _cells_equal(value, truth, cells)
+    return right, read
+
+
+def extract_zeroeval_json(text: str) -> Any | None:
+    """ZeroEval's ``extract_last_complete_json``: the last complete top-level ``{...}`` (braces in
+    strings are counted too), decoded after removing every newline; None when it does not parse."""
+    spans = balanced_spans(text, "{", "}")
+    if not spans:
+        return None
+    try:
+        return json.loads(spans[-1].replace("\n", ""))
+    except (json.JSONDecodeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
 class ZebraGrader:
-    """Cell and puzzle accuracy of a JSON grid answer (see the module docstring)."""
+    """Cell and puzzle accuracy of a JSON grid answer (see the module docstring for each option)."""
 
     score: str = "puzzle"
+    json_repair: bool = False
+    layouts: tuple[str, ...] = ("solution",)
+    keys: str = "exact"
+    cells: str = "strip_lower"
+    list_cells: str = "first"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "layouts", (self.layouts,) if isinstance(self.layouts, str) else tuple(self.layouts))
         if self.score not in ("puzzle", "cell"):
             raise ValueError(f"ZebraGrader.score must be 'puzzle' or 'cell', got {self.score!r}")
+        for name, allowed in (("keys", ZEBRA_KEYS), ("cells", ZEBRA_CELLS), ("list_cells", ZEBRA_LIST_CELLS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ZebraGrader.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not self.layouts or set(self.layouts) - set(ZEBRA_LAYOUTS):
+            raise ValueError(f"ZebraGrader.layouts must be a non-empty subset of {ZEBRA_LAYOUTS}, got {self.layouts!r}")
+
+    def _decode(self, response: str) -> tuple[bool, Any]:
+        if not self.json_repair:
+            return zebra_prediction(extract_zeroeval_json(response), self.layouts)
+        for obj in _repair_candidates(response):
+            answered, table = zebra_prediction(obj, self.layouts)
+            if answered:
+                return answered, table
+        return False, None
 
     def __call__(self, response: str, problem: Problem) -> Grade:
-        gold = zebra_reference_cells(problem.answer)
-        obj = extract_last_json_object(response)
-        pred = zebra_prediction_cells(obj) if obj is not None else None
-        if pred is None:
-            return Grade(0.0, parsed=False, extracted=None, info={"cell_accuracy": 0.0})
-        right = sum(pred.get(key) == value for key, value in gold.items())
-        cell_acc = right / len(gold)
-        puzzle = float(right == len(gold))
-        extracted = json.dumps(_canonical_grid(pred), ensure_ascii=False, sort_keys=True)
+        gold = zebra_reference_grid(problem.answer)
+        total = sum(len(attrs) for attrs in gold.values())
+        answered, table = self._decode(response)
+        if not answered:
+            info = {"cell_accuracy": 0.0, "puzzle_accuracy": 0.0, "cells_correct": 0, "cells_total": total}
+            return Grade(0.0, parsed=False, extracted=None, info=info)
+        right, read = zebra_count_cells(table, gold, self.keys, self.cells, self.list_cells)
+        cell_acc = right / total
+        puzzle = float(right == total)
+        extracted = json.dumps(read, ensure_ascii=False, sort_keys=True)
         score = puzzle if self.score == "puzzle" else cell_acc
-        return Grade(score, parsed=True, extracted=extracted, info={"cell_accuracy": cell_acc, "puzzle_accuracy": puzzle})
+        info = {"cell_accuracy": cell_acc, "puzzle_accuracy": puzzle, "cells_correct": right, "cells_total": total}
+        return Grade(score, parsed=True, extracted=extracted, info=info)
 
 
-def _canonical_grid(cells: dict[tuple[int, str], str]) -> dict[str, dict[str, str]]:
-    grid: dict[str, dict[str, str]] = {}
-    for (house, name), value in sorted(cells.items()):
-        grid.setdefault(f"House {house}", {})[name] = value
-    return grid
+def _repair_candidates(text: str) -> list[Any]:
+    """Decoded JSON objects of ``text``, most preferred first: fenced ```json blocks (last first),
+    then top-level ``{...}`` spans (last first); raw control characters and trailing commas allowed."""
+    found: list[Any] = []
+    blocks = re.findall(r"```(?:json|JSON)?\s*\n?(.*?)```", text, re.DOTALL)
+    for chunk in [*reversed(blocks), *reversed(balanced_spans(text, "{", "}"))]:
+        value = loads_lenient(chunk.strip())
+        if isinstance(value, dict):
+            found.append(value)
+    return found
 
 
 # ----------------------------------------------------------------------------- AutoLogi
@@ -146,18 +261,40 @@ print("AUTOLOGI_RESULT", ok)
 """
 
 
-def extract_autologi_answer(text: str) -> Any | None:
-    """The model's answer as a Python literal, following AutoLogi's official extraction (see the
-    module docstring); None when nothing can be read. Never executes the text."""
-    blocks = re.findall(r"```(?:\s*[\w]+)?\s*\n(.*?)```", text, re.DOTALL)
+AUTOLOGI_EXTRACTIONS = ("official", "lenient")
+_CODE_BLOCK = re.compile(r"```(?:\s*[\w]+)?\s*\n(.*?)```", re.DOTALL)
+_LITERAL_ERRORS = (SyntaxError, ValueError, TypeError, MemoryError, RecursionError)
+
+
+def _autologi_candidate(text: str) -> str | None:
+    blocks = _CODE_BLOCK.findall(text)
     if blocks:
-        candidate: str | None = blocks[-1]
-    else:
-        dicts = balanced_spans(text, "{", "}")
-        lists = re.findall(r"\[.*?\]", text, re.DOTALL)
-        candidate = dicts[-1] if dicts else (lists[-1] if lists else None)
+        return blocks[-1]
+    dicts = balanced_spans(text, "{", "}")
+    lists = re.findall(r"\[.*?\]", text, re.DOTALL)
+    return dicts[-1] if dicts else (lists[-1] if lists else None)
+
+
+def extract_autologi_answer(text: str, extraction: str = "official") -> Any | None:
+    """The model's answer as a Python value, by AutoLogi's official extraction or the lenient one
+    (module docstring); None when nothing can be read. Never executes the text."""
+    if extraction not in AUTOLOGI_EXTRACTIONS:
+        raise ValueError(f"AutoLogi extraction must be one of {AUTOLOGI_EXTRACTIONS}, got {extraction!r}")
+    candidate = _autologi_candidate(text)
     if candidate is None:
         return None
+    if extraction == "official":
+        candidate = re.sub(r"//.*?\n", "", candidate)
+        try:
+            return ast.literal_eval(candidate.replace("true", "True").replace("false", "False"))
+        except _LITERAL_ERRORS:
+            pass
+        try:
+            if "=" in candidate:
+                return ast.literal_eval(candidate.split("=", 1)[1].strip())
+            return json.loads(candidate)
+        except (*_LITERAL_ERRORS, json.JSONDecodeError):
+            return None
     candidate = re.sub(r"//.*?\n", "\n", candidate)
     for attempt in (candidate, candidate.split("=", 1)[1] if "=" in candidate else None):
         if attempt is None:
@@ -175,7 +312,7 @@ def _literal(s: str) -> Any | None:
     s = re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", s))
     try:
         value = ast.literal_eval(s)
-    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+    except _LITERAL_ERRORS:
         return None
     return value if isinstance(value, (dict, list, tuple, set)) else None
 
@@ -189,8 +326,11 @@ class AutoLogiGrader:
 
     trust_verifier_code: bool = False
     timeout_s: float = AUTOLOGI_TIMEOUT_S
+    extraction: str = "official"
 
     def __post_init__(self) -> None:
+        if self.extraction not in AUTOLOGI_EXTRACTIONS:
+            raise ValueError(f"AutoLogiGrader.extraction must be one of {AUTOLOGI_EXTRACTIONS}, got {self.extraction!r}")
         if self.timeout_s <= 0:
             raise ValueError(f"AutoLogiGrader.timeout_s must be > 0, got {self.timeout_s}")
 
@@ -205,7 +345,7 @@ class AutoLogiGrader:
         for key in ("Inputs_Check_code", "Constraint_List_code"):
             if not isinstance(answer.get(key), str):
                 raise ValueError(f"AutoLogi problem {problem.id!r}: answer lacks the field code.{key}")
-        value = extract_autologi_answer(response)
+        value = extract_autologi_answer(response, self.extraction)
         if value is None:
             return Grade(0.0, parsed=False, extracted=None)
         literal = repr(value)

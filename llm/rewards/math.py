@@ -2,13 +2,19 @@
 
 - :class:`IntegerGrader` (kind ``"integer"``): the final answer (last ``\\boxed{}``, last
   ``Answer:`` line, ...) read as an integer with formatting noise removed and compared to the
-  reference integer. No final answer: parse failure. A final answer that is not an integer (a
-  fraction, two numbers): a parsed, wrong answer.
+  reference integer. No final answer: parse failure (or, with ``fallback_last_number``, the last
+  number of the text). A final answer that is not an integer (a fraction, two numbers): a parsed,
+  wrong answer.
 - :class:`MathVerifyGrader` (kind ``"math"``): the final answer and the reference are both wrapped
   in ``\\boxed{}`` and compared with ``math_verify.verify`` (symbolic equivalence) under a timeout,
   after a cheap normalised-string check. The timeout uses math-verify's own ``signal.alarm`` on the
   main thread and a forked worker process elsewhere (math-verify's alarm only works on the main
   thread). A timeout is a wrong answer with ``info["error"] == "timeout"``.
+
+The extraction conventions are constructor options (so YAML ``grader:`` options reach them):
+``multiple_boxed`` ("last" | "join"), ``prefer_boxed``, ``cut_trailing_text`` and
+``fallback_last_number``; see :mod:`llm.rewards.extract` and ``docs/graders.md`` for the reference
+scorer behind each default.
 """
 
 from __future__ import annotations
@@ -22,29 +28,25 @@ from functools import lru_cache
 from typing import Any
 
 from llm.rewards.base import Grade, Problem
-from llm.rewards.extract import extract_final_answer, parse_integer
+from llm.rewards.extract import AnswerFormat, parse_integer
 
 
 @dataclass(frozen=True)
-class IntegerGrader:
+class IntegerGrader(AnswerFormat):
     """AIME-style grader: 1 when the extracted integer equals ``problem.answer`` (an int or an
     integer string such as ``"025"``), else 0.
 
-    ``fallback_last_number``: when no anchor (box / Answer line) is found, read the last number in
-    the text instead of reporting a parse failure (Qwen-Math's lenient rule). Off by default so
-    that format failures stay visible.
+    Defaults: the last box (Qwen2.5-Math's ``extract_answer``; an AIME answer is one integer, so a
+    joined ``3,5`` could never be right), the anchor that comes last wins (the DAPO ``Answer:``
+    template the project trains with), no last-number fallback so that format failures stay
+    visible (``fallback_last_number=True`` for small models that answer in a sentence).
     """
-
-    fallback_last_number: bool = False
 
     def __call__(self, response: str, problem: Problem) -> Grade:
         gold = parse_integer(str(problem.answer))
         if gold is None:
             raise ValueError(f"IntegerGrader: problem {problem.id!r} has a non-integer answer {problem.answer!r}")
-        raw = extract_final_answer(response)
-        if raw is None and self.fallback_last_number:
-            nums = re.findall(r"-?\d[\d,]*(?:\.\d+)?", response)
-            raw = nums[-1] if nums else None
+        raw = self.read(response)
         if raw is None:
             return Grade(0.0, parsed=False, extracted=None)
         value = parse_integer(raw)
@@ -135,21 +137,26 @@ def _verify_in_process(gold: str, pred: str, timeout: float) -> tuple[bool, bool
 
 
 @dataclass(frozen=True)
-class MathVerifyGrader:
+class MathVerifyGrader(AnswerFormat):
     """MATH-500 grader: normalised string match, else math-verify equivalence within ``timeout_s``.
 
-    Parse failure when no final answer is found, or math-verify cannot read it as math.
+    Parse failure when no final answer is found, or math-verify cannot read it as math. Defaults:
+    several close boxes are joined (``multiple_boxed="join"``) as Math-Verify does, so
+    ``\\boxed{-2} and \\boxed{1}`` matches the reference ``1,-2``; the other options as in
+    :class:`AnswerFormat`.
     """
 
+    multiple_boxed: str = "join"
     timeout_s: int = 5
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.timeout_s < 1:
             raise ValueError(f"MathVerifyGrader.timeout_s must be >= 1 (seconds), got {self.timeout_s}")
 
     def __call__(self, response: str, problem: Problem) -> Grade:
         gold = str(problem.answer)
-        raw = extract_final_answer(response)
+        raw = self.read(response)
         if raw is None:
             return Grade(0.0, parsed=False, extracted=None)
         if normalize_latex_answer(raw) == normalize_latex_answer(gold):

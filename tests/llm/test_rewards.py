@@ -198,17 +198,27 @@ def _zeroeval_solution(p: Problem) -> dict:
     }
 
 
+LENIENT_ZEBRA = {"layouts": ["solution", "houses", "rows"], "keys": "loose", "cells": "collapse_space", "json_repair": True}
+
+
 def test_zebra_correct_in_every_layout(zebra: list[Problem]) -> None:
-    grader = get_grader("zebra")
+    strict, lenient = get_grader("zebra"), get_grader("zebra", **LENIENT_ZEBRA)
     for p in zebra:
         sol = _zeroeval_solution(p)
-        g = grader("Reasoning...\n```json\n" + json.dumps(sol, indent=2) + "\n```", p)
-        assert g.score == 1.0 and g.info["cell_accuracy"] == 1.0, p.id
-        # upper-cased values, extra spaces in names, no "solution" wrapper
-        shouted = {h.upper(): {k.upper(): str(v).upper() + " " for k, v in a.items()} for h, a in sol["solution"].items()}
-        assert grader(json.dumps(shouted), p).score == 1.0, p.id
-        # the reference layout itself
-        assert grader(json.dumps(p.answer), p).score == 1.0, p.id
+        for grader in (strict, lenient):
+            g = grader("Reasoning...\n```json\n" + json.dumps(sol, indent=2) + "\n```", p)
+            assert g.score == 1.0 and g.info["cell_accuracy"] == 1.0, p.id
+            assert g.info["cells_correct"] == g.info["cells_total"] == sum(map(len, sol["solution"].values()))
+        # upper-cased values with a trailing space: ZeroEval lower()s and strip()s cells
+        loud = {h: {k: str(v).upper() + " " for k, v in a.items()} for h, a in sol["solution"].items()}
+        assert strict(json.dumps({"solution": loud}), p).score == 1.0, p.id
+        # upper-cased keys, no "solution" wrapper, the reference layout: lenient options only
+        shouted = {h.upper(): {k.upper(): v for k, v in a.items()} for h, a in loud.items()}
+        assert lenient(json.dumps(shouted), p).score == 1.0, p.id
+        assert lenient(json.dumps(p.answer), p).score == 1.0, p.id
+        assert not strict(json.dumps(shouted), p).parsed  # ZeroEval: no "solution" key, no answer
+        assert not strict(json.dumps(p.answer), p).parsed
+        assert strict(json.dumps({"solution": shouted}), p).score == 0.0  # ZeroEval: keys as written
 
 
 def test_zebra_cell_and_puzzle_accuracy(zebra: list[Problem]) -> None:
