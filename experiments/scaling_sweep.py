@@ -42,97 +42,21 @@ from experiments.common import (
     bootstrap_power_fit, cli_overrides, cpu_seconds, results_dir, save_run_metadata, write_csv, write_json,
 )
 from occupancy import bounds as B
+from occupancy import families
 from occupancy.exact import evaluate_stage
 
 MODES = ("seq", "stale_occ", "stale_batch")
-#: Families built here rather than in occupancy.families (proposed for inclusion there).
-LOCAL_FAMILIES = ("crowd",)
-#: Named parameter variants of occupancy.families families: name -> (family, params).
-VARIANTS = {"agree_pair": ("agree", {"scale": "pair"})}
+#: crowd and agree_pair are names of occupancy.families (FAMILY_NAMES); nothing is built here.
+LOCAL_FAMILIES: tuple[str, ...] = ()
+VARIANTS = families.VARIANTS
 MODE_LABEL = {"seq": "intermediate (TeamTR)", "stale_occ": "stale occupancy", "stale_batch": "stale batch (naive)"}
 METRICS = ("penalty", "abs_penalty", "penalty_per_amax")
 #: Penalties below EXACT_TOL times the largest |improvement| are floating-point zeros.
 EXACT_TOL = 1e-10
 
 
-# ---------------------------------------------------------------------------------------------
-# A family that realises the coherent shift (proposed for occupancy.families)
-
-
-def make_crowd(
-    n_agents: int,
-    *,
-    seed: int,
-    rounds: int = 1,
-    gamma: float = 0.99,
-    bonus: float = 0.5,
-    bonus_spread: float = 0.25,
-    kappa: float = 0.5,
-) -> "TeamMDP":
-    """"Follow the crowd": a team in which every upstream update shifts every downstream agent's
-    context coherently and every agent's advantage depends on that shift at order 1.
-
-    Agent t acts once per round at turn t and sees the count c in [0, t] of "yes" messages so far;
-    actions 0 "no" (c unchanged, reward 0) and 1 "yes" (c <- c + 1, reward b_t + kappa z_t(c)),
-    with b_t ~ U(bonus - spread, bonus + spread) (seeded) and z_t(c) = clip((c - t/2) / sqrt(t/4),
-    -3, 3) the count standardised under a uniform team. The bonus makes every update push "yes" up
-    (a coherent shift of the downstream count distribution, TV ~ sqrt(i delta) after i updates,
-    the chain-rule maximum); the kappa term makes the downstream agents' advantage magnitude grow
-    with the count, so f_i = E_{pi_new} A is correlated with the shift. No saturation: the count
-    has room N. Rewards are per agent and O(1) (a round pays O(N)); penalty / A_max removes that
-    scale. Rounds repeat the same game with the count reset (round index in the state), then a
-    terminal state. State id: (r * N + t) * (N + 1) + c; terminal last.
-    """
-    import scipy.sparse as sp
-
-    from occupancy.mdp import TeamMDP
-
-    n, r_all = int(n_agents), max(int(rounds), 1)
-    if n < 1 or int(rounds) < 1:
-        raise ValueError(f"crowd family: n_agents and rounds must be >= 1, got {n_agents}, {rounds}")
-    rng = np.random.default_rng(seed)
-    b = rng.uniform(bonus - bonus_spread, bonus + bonus_spread, size=n)
-    c_n = n + 1
-    s_total = r_all * n * c_n + 1
-    term = s_total - 1
-    rr, tt, cc = np.meshgrid(np.arange(r_all), np.arange(n), np.arange(c_n), indexing="ij")
-    rr, tt, cc = rr.ravel(), tt.ravel(), cc.ravel()
-    x = (rr * n + tt) * c_n + cc
-    z = np.clip((cc - tt / 2) / np.sqrt(np.maximum(tt, 1) / 4), -3, 3)
-    rewards = np.zeros((s_total, 2))
-    rewards[x, 1] = b[tt] + kappa * z
-    rows, cols = [], []
-    for a in (0, 1):
-        nc = np.minimum(cc + a, n)
-        nxt = np.where(tt < n - 1, (rr * n + tt + 1) * c_n + nc, np.where(rr < r_all - 1, ((rr + 1) * n) * c_n, term))
-        rows.append(x * 2 + a)
-        cols.append(nxt)
-    rows.append(np.array([term * 2, term * 2 + 1]))
-    cols.append(np.array([term, term]))
-    rows_a, cols_a = np.concatenate(rows), np.concatenate(cols)
-    trans = sp.csr_matrix((np.ones(rows_a.size), (rows_a, cols_a)), shape=(s_total * 2, s_total))
-    router = np.full(s_total, -1, dtype=np.int64)
-    router[x] = tt
-    turn = router.copy()
-    initial = np.zeros(s_total)
-    initial[0] = 1.0
-    terminal = np.zeros(s_total, dtype=bool)
-    terminal[term] = True
-    return TeamMDP(transitions=trans, rewards=rewards, router=router, initial=initial, gamma=gamma, n_agents=n,
-                   terminal=terminal, turn=turn, name=f"crowd-N{n}-R{rounds}-seed{seed}",
-                   info={"family": "crowd", "params": {"bonus": bonus, "bonus_spread": bonus_spread, "kappa": kappa},
-                         "seed": int(seed), "rounds": int(rounds)})
-
-
 def make_instance(family: str, n: int, *, seed: int, rounds: int, gamma: float, **params):
-    """A TeamMDP of ``family``: occupancy.families.make_family or a local family (``crowd``)."""
-    if family == "crowd":
-        return make_crowd(n, seed=seed, rounds=rounds, gamma=gamma, **params)
-    from occupancy import families
-
-    if family in VARIANTS:
-        base, fixed = VARIANTS[family]
-        return families.make_family(base, n, seed=seed, rounds=rounds, gamma=gamma, **{**fixed, **params})
+    """A TeamMDP of ``family`` (any name of occupancy.families.FAMILY_NAMES, crowd and agree_pair included)."""
     return families.make_family(family, n, seed=seed, rounds=rounds, gamma=gamma, **params)
 
 

@@ -19,7 +19,7 @@ State layout (``decode_states`` returns these arrays): state id
 state with id ``S - 1`` (router -1, turn -1). ``mdp.turn`` is t in [0, N) (-1 for the terminal).
 The initial distribution mu is uniform over environment states at round 0, turn 0, c = c0(s).
 Rewards are scaled so that one round pays at most about 1 (except "agree" with
-scale "agent" or "pair", see below).
+scale "agent" or "pair" and "crowd", see below).
 
 Families (``FAMILIES``):
 - ``"layered"``: random layered team: random sparse context kernels (``branching`` successors),
@@ -51,10 +51,23 @@ Families (``FAMILIES``):
   and non-degenerate policies, pairwise interaction strengths are limited (a Parseval argument
   on the Walsh coefficients of the return), which is why board and vote grow more slowly.
 
+- ``"crowd"``: "follow the crowd", one environment state, context = count c in [0, N] of "yes"
+  messages so far this round; actions 0 "no" (c unchanged, reward 0) and 1 "yes" (c <- c + 1,
+  reward b_t + kappa z_t(c)), with b_t ~ U(bonus - spread, bonus + spread) (seeded) and z_t(c) =
+  clip((c - t/2) / sqrt(t/4), -3, 3) the count standardised under a uniform team. The bonus makes
+  every update push "yes" up (a coherent shift of the downstream count distribution, TV ~
+  sqrt(i delta) after i updates, the chain-rule maximum); the kappa term makes the downstream
+  agents' advantage magnitude grow with the count, so the shift and the advantage are correlated at
+  order one. No saturation (the count has room N). Rewards are per agent and O(1) (a round pays
+  O(N)). Rounds repeat the game with the count reset.
+
+Variants (``VARIANTS``, accepted by make_family like a family; ``FAMILY_NAMES`` lists all names):
+- ``"agree_pair"``: ``agree`` with scale="pair" (A_max grows like N).
+
 Environment step between rounds: for board and vote a curriculum driven by the outcome (success:
 s -> s + 1, failure: s -> s - 1, clipped; with probability ``env_noise`` a uniform s'), so that
 actions change the environment-state distribution when gamma > 0; for layered and chain a random
-kernel E(s' | s, c_final) (also for agree).
+kernel E(s' | s, c_final) (also for agree; crowd has a single environment state).
 
 API (kept stable; the theory-verification code depends on it):
     make_family(name, n_agents, *, seed, rounds=1, gamma=0.95, **params) -> TeamMDP
@@ -65,7 +78,7 @@ API (kept stable; the theory-verification code depends on it):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -73,7 +86,12 @@ import scipy.sparse as sp
 
 from occupancy.mdp import TeamMDP
 
-FAMILIES: tuple[str, ...] = ("layered", "board", "vote", "chain", "agree")
+FAMILIES: tuple[str, ...] = ("layered", "board", "vote", "chain", "agree", "crowd")
+#: Named parameter variants of the families: name -> (family, fixed parameters). make_family accepts
+#: them like a family (extra parameters may be given, the fixed ones win only where not given).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"agree_pair": ("agree", {"scale": "pair"})}
+#: Every name make_family accepts: the families, then the variants.
+FAMILY_NAMES: tuple[str, ...] = FAMILIES + tuple(VARIANTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,8 +212,27 @@ class AgreeParams:
         _check(self.env_concentration > 0, "agree", "env_concentration", f"must be > 0, got {self.env_concentration}")
 
 
+@dataclass(frozen=True)
+class CrowdParams:
+    """n_env E >= 1 (default 1): environment states, each with its own bonus draws, uniform
+    environment step between rounds; bonus: centre of the "yes" bonus b_t(s) ~ U(bonus -
+    bonus_spread, bonus + bonus_spread) (seeded), bonus_spread >= 0; kappa >= 0: weight of the
+    standardised count z_t(c) in the "yes" reward."""
+
+    n_env: int | None = None
+    bonus: float = 0.5
+    bonus_spread: float = 0.25
+    kappa: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(self.n_env is None or int(self.n_env) >= 1, "crowd", "n_env", f"must be >= 1, got {self.n_env}")
+        _check(self.bonus_spread >= 0, "crowd", "bonus_spread", f"must be >= 0, got {self.bonus_spread}")
+        _check(self.kappa >= 0, "crowd", "kappa", f"must be >= 0, got {self.kappa}")
+
+
 _PARAMS: dict[str, type] = {
     "layered": LayeredParams, "board": BoardParams, "vote": VoteParams, "chain": ChainParams, "agree": AgreeParams,
+    "crowd": CrowdParams,
 }
 
 
@@ -450,8 +487,27 @@ def _agree(n: int, rng: np.random.Generator, rounds: int, p: AgreeParams) -> _Sp
     return _Spec(next_ctx, next_p, reward, np.zeros((e, c)), env_next, np.zeros(e, dtype=np.int64))
 
 
+def _crowd(n: int, rng: np.random.Generator, rounds: int, p: CrowdParams) -> _Spec:
+    """Context = count c in [0, N] of "yes" messages so far this round; action 1 ("yes") moves
+    c -> min(c + 1, N) and pays b_t(s) + kappa z_t(c), action 0 pays 0."""
+    e = 1 if p.n_env is None else int(p.n_env)
+    c, a = n + 1, 2
+    b = rng.uniform(p.bonus - p.bonus_spread, p.bonus + p.bonus_spread, size=(n, e))
+    counts = np.arange(c)
+    next_ctx = np.zeros((n, e, c, a, 1), dtype=np.int64)
+    next_ctx[:, :, :, 0, 0] = counts
+    next_ctx[:, :, :, 1, 0] = np.minimum(counts + 1, n)
+    next_p = np.ones((n, e, c, a, 1))
+    t = np.arange(n)[:, None]
+    z = np.clip((counts[None, :] - t / 2) / np.sqrt(np.maximum(t, 1) / 4), -3, 3)  # (N, C)
+    reward = np.zeros((n, e, c, a))
+    reward[..., 1] = b[:, :, None] + p.kappa * z[:, None, :]
+    env_next = np.full((e, c, e), 1.0 / e)
+    return _Spec(next_ctx, next_p, reward, np.zeros((e, c)), env_next, np.zeros(e, dtype=np.int64))
+
+
 _BUILDERS: dict[str, Callable[..., _Spec]] = {
-    "layered": _layered, "board": _board, "vote": _vote, "chain": _chain, "agree": _agree,
+    "layered": _layered, "board": _board, "vote": _vote, "chain": _chain, "agree": _agree, "crowd": _crowd,
 }
 
 
@@ -459,20 +515,25 @@ def make_family(name: str, n_agents: int, *, seed: int, rounds: int = 1, gamma: 
     """A seeded instance of family ``name`` (one of ``FAMILIES``) with ``n_agents`` agents.
 
     Args:
-        name: "layered", "board", "vote", "chain" or "agree" (see the module docstring).
+        name: a family ("layered", "board", "vote", "chain", "agree", "crowd") or a variant
+            (``VARIANTS``: "agree_pair" = agree with scale="pair"); see the module docstring.
         n_agents: N >= 1 (agent t acts at turn t of every round).
         seed: seeds every random draw of the instance.
         rounds: 1 (one round then terminal), R > 1 (R rounds then terminal) or 0 (continuing).
         gamma: per-turn discount in [0, 1).
         **params: fields of the family's parameter dataclass (LayeredParams, BoardParams,
-            VoteParams, ChainParams, AgreeParams); unknown names raise ValueError.
+            VoteParams, ChainParams, AgreeParams, CrowdParams); unknown names raise ValueError.
 
     Returns:
         TeamMDP with ``turn`` set and ``info`` = {"family", "params", "seed", "n_env",
         "n_context", "n_actions", "rounds", "n_agents", "layout"}.
     """
+    if name in VARIANTS:
+        base, fixed = VARIANTS[name]
+        mdp = make_family(base, n_agents, seed=seed, rounds=rounds, gamma=gamma, **{**fixed, **params})
+        return replace(mdp, name=name + mdp.name[len(base):], info={**mdp.info, "family": name, "variant_of": base})
     if name not in _BUILDERS:
-        raise ValueError(f"unknown family {name!r}; choose one of {FAMILIES}")
+        raise ValueError(f"unknown family {name!r}; choose one of {FAMILY_NAMES}")
     if int(n_agents) != n_agents or n_agents < 1:
         raise ValueError(f"n_agents must be an integer >= 1, got {n_agents}")
     if int(rounds) != rounds or rounds < 0:
@@ -506,6 +567,6 @@ def initial_policy(mdp: TeamMDP, seed: int, temperature: float = 1.0) -> np.ndar
 
 
 __all__ = [
-    "FAMILIES", "make_family", "initial_policy", "decode_states",
-    "LayeredParams", "BoardParams", "VoteParams", "ChainParams", "AgreeParams",
+    "FAMILIES", "VARIANTS", "FAMILY_NAMES", "make_family", "initial_policy", "decode_states",
+    "LayeredParams", "BoardParams", "VoteParams", "ChainParams", "AgreeParams", "CrowdParams",
 ]

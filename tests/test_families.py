@@ -11,7 +11,7 @@ from occupancy.mdp import TeamMDP
 
 
 def test_families_tuple():
-    assert FAMILIES == ("layered", "board", "vote", "chain", "agree")
+    assert FAMILIES == ("layered", "board", "vote", "chain", "agree", "crowd")
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -198,3 +198,34 @@ def test_agree_stale_penalty_grows_like_pairs():
     """Dense pairwise interactions: N^2 when A_max grows like N, about N at fixed A_max."""
     assert 1.7 < _stale_penalty_exponent("pair") < 2.5
     assert 0.7 < _stale_penalty_exponent("agent") < 1.5
+
+
+def test_variant_agree_pair_is_agree_with_pair_scale():
+    from occupancy.families import FAMILY_NAMES, VARIANTS
+
+    assert "agree_pair" in FAMILY_NAMES and VARIANTS["agree_pair"] == ("agree", {"scale": "pair"})
+    a = make_family("agree_pair", 4, seed=2, rounds=2)
+    b = make_family("agree", 4, seed=2, rounds=2, scale="pair")
+    assert (a.transitions != b.transitions).nnz == 0
+    np.testing.assert_array_equal(a.rewards, b.rewards)
+    assert a.info["family"] == "agree_pair" and a.info["variant_of"] == "agree" and a.name.startswith("agree_pair-")
+    assert not np.array_equal(a.rewards, make_family("agree", 4, seed=2, rounds=2).rewards)
+
+
+def test_crowd_rewards_and_layout():
+    """crowd: yes pays b_t + kappa z_t(c) with b_t in the bonus band; the count moves by the action."""
+    n = 4
+    mdp = make_family("crowd", n, seed=0, rounds=1, kappa=0.0)
+    coords = decode_states(mdp)
+    assert mdp.n_states == n * (n + 1) + 1 and mdp.info["n_env"] == 1
+    nt = ~mdp.terminal
+    assert np.all(mdp.rewards[nt, 0] == 0)
+    b = mdp.rewards[nt, 1]
+    assert np.all((0.25 <= b) & (b <= 0.75))
+    t_dense = mdp.dense_transitions()
+    for x in np.flatnonzero(nt & (coords["turn"] < n - 1)):
+        for a in (0, 1):
+            y = int(np.argmax(t_dense[x, a]))
+            assert coords["context"][y] == min(coords["context"][x] + a, n)
+    with pytest.raises(ValueError, match="'kappa'"):
+        make_family("crowd", 3, seed=0, kappa=-1.0)

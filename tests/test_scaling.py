@@ -104,12 +104,12 @@ def test_one_round_intermediate_is_exact_and_stale_modes_agree(family) -> None:
 
 
 def test_crowd_family_is_valid_and_realises_a_growing_stale_penalty() -> None:
-    from experiments.scaling_sweep import make_crowd
+    from occupancy.families import make_family
     from occupancy import families
 
     pens = []
     for n in (2, 4, 8):
-        mdp = make_crowd(n, seed=0, rounds=2, gamma=0.99)
+        mdp = make_family("crowd", n, seed=0, rounds=2, gamma=0.99)
         assert mdp.n_states == 2 * n * (n + 1) + 1 and mdp.n_agents == n
         pi = families.initial_policy(mdp, 0, 1.0)
         new, _ = trust_region_stage(mdp, pi, range(n), 1e-3, weighting="agent", method="sparse")
