@@ -1,32 +1,51 @@
 """Exact evaluation of a team policy in float64 (THEORY.md sections 1-2).
 
-Shapes: S states, A actions. A team policy ``pi`` is an array (S, A).
+Shapes: S states, A actions, B policies of a batch. A team policy ``pi`` is an array (S, A).
 
 - V^pi = (I - gamma P_pi)^-1 r_pi; Q^pi(x, a) = r(x, a) + gamma sum_x' T(x' | x, a) V^pi(x');
   A^pi = Q^pi - V^pi.
 - d^pi = (1 - gamma) mu^T (I - gamma P_pi)^-1, the normalised discounted occupancy, so that
   J(pi) = mu^T V^pi = 1 / (1 - gamma) * E_{x ~ d^pi, a ~ pi}[r(x, a)].
 
-Both solves share one factorisation of (I - gamma P_pi): a dense LU for small S (<= DENSE_LIMIT),
-a sparse LU (scipy.sparse.linalg.splu) otherwise, in natural order when the system is triangular.
+Two paths, both sharing one factorisation of (I - gamma P_pi) between the V and the d solve:
+
+- dense (small or densely filled instances, see DENSE_LIMIT): T (S, A, S), r and mu are copied into dense arrays once per instance
+  (cached); a call is one contraction P_pi = einsum(pi, T), one LAPACK LU (getrf) and two
+  triangular solves (getrs) -- no scipy.sparse object is built;
+- sparse (otherwise): the sparsity pattern of I - gamma P_pi in CSC form is computed once per
+  instance (cached), a call fills its values with one bincount and factorises it with SuperLU
+  (``splu``), in natural order when the pattern is upper triangular (layered instances: no fill-in).
+
+:func:`evaluate_batch` evaluates B policies on one instance at once (dense: one batched einsum and
+batched LAPACK solves; sparse: a loop over the cached pattern).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
-import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+from scipy.linalg import lapack
 
-from occupancy.mdp import TeamMDP
+from occupancy.mdp import _ATOL, TeamMDP
 
-DENSE_LIMIT = 256
+#: method="auto" takes the dense path iff S <= DENSE_LIMIT, or S <= DENSE_FULL_LIMIT and T stores at
+#: least DENSE_FILL * S * A * S entries. Measured with ``python -m experiments.bench_exact --switch``
+#: (2-core x86 VM, one BLAS thread, numpy 2.4 / scipy 1.17): on the structured families (2-9 stored
+#: entries per (x, a) row, 40-400 states) dense / sparse time is 0.44-0.81 at 41-85 states, 0.91-1.06
+#: at 85-97 states and 1.2-8 above 109 states (sparse ~50-90 us, dense O(S^3)); on dense random
+#: instances (random_team_mdp, all S entries stored) the dense path is 4-5x faster at 50-300 states.
+DENSE_LIMIT = 96
+DENSE_FULL_LIMIT = 1500
+DENSE_FILL = 0.25
 Method = Literal["auto", "dense", "sparse"]
 KLDirection = Literal["reverse", "forward"]
 Weighting = Literal["team", "agent"]
+METHODS = ("auto", "dense", "sparse")
 
 
 @dataclass(frozen=True)
@@ -40,8 +59,111 @@ class Evaluation:
     J: float
 
 
+@dataclass(frozen=True)
+class BatchEvaluation:
+    """Exact quantities of B team policies on one instance: V (B, S), Q (B, S, A), A (B, S, A),
+    d (B, S), J (B,). ``batch[i]`` is the :class:`Evaluation` of policy i."""
+
+    V: np.ndarray
+    Q: np.ndarray
+    A: np.ndarray
+    d: np.ndarray
+    J: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.J.shape[0])
+
+    def __getitem__(self, i: int) -> Evaluation:
+        return Evaluation(V=self.V[i], Q=self.Q[i], A=self.A[i], d=self.d[i], J=float(self.J[i]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-instance caches (built on first use, dropped with the instance)
+
+
+@dataclass(frozen=True)
+class _Dense:
+    """Dense copies of one instance: T (S, A, S), T_flat (S*A, S) (a view), r (S, A), mu (S,)."""
+
+    T: np.ndarray
+    T_flat: np.ndarray
+    r: np.ndarray
+    mu: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Sparse:
+    """The CSC pattern of I - gamma P_pi (union over actions, plus the diagonal) of one instance.
+
+    ``source`` (nnz_T,): the flat (x * A + a) row of every stored entry of T; ``pos`` (nnz_T,): its
+    slot in the system's data array; ``diag`` (S,): the diagonal slots; ``indices``/``indptr``: the
+    CSC structure (nnz,); ``permc``: SuperLU column ordering (NATURAL when upper triangular)."""
+
+    source: np.ndarray
+    pos: np.ndarray
+    diag: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    nnz: int
+    permc: str
+
+
+_DENSE_CACHE: "weakref.WeakKeyDictionary[TeamMDP, _Dense]" = weakref.WeakKeyDictionary()
+_SPARSE_CACHE: "weakref.WeakKeyDictionary[TeamMDP, _Sparse]" = weakref.WeakKeyDictionary()
+
+
+def _dense(mdp: TeamMDP) -> _Dense:
+    arrays = _DENSE_CACHE.get(mdp)
+    if arrays is None:
+        t = mdp.dense_transitions()
+        arrays = _Dense(T=t, T_flat=t.reshape(-1, mdp.n_states), r=np.asarray(mdp.rewards),
+                        mu=np.asarray(mdp.initial))
+        _DENSE_CACHE[mdp] = arrays
+    return arrays
+
+
+def _sparse(mdp: TeamMDP) -> _Sparse:
+    plan = _SPARSE_CACHE.get(mdp)
+    if plan is None:
+        s, a = mdp.n_states, mdp.n_actions
+        t = mdp.transitions
+        source = np.repeat(np.arange(s * a, dtype=np.int64), np.diff(t.indptr))
+        rows = np.concatenate([source // a, np.arange(s, dtype=np.int64)])
+        cols = np.concatenate([t.indices.astype(np.int64), np.arange(s, dtype=np.int64)])
+        keys, slot = np.unique(cols * s + rows, return_inverse=True)  # CSC order: by column, then row
+        indices, key_cols = keys % s, keys // s
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(key_cols, minlength=s))])
+        # Layered (terminating) instances only move to higher state ids: the system is upper
+        # triangular and the natural ordering factorises it without fill-in (5-50x faster).
+        triangular = bool(np.all(indices <= key_cols))
+        plan = _Sparse(source=source, pos=slot[: source.size], diag=slot[source.size:],
+                       indices=indices.astype(np.int32), indptr=indptr.astype(np.int32), nnz=int(keys.size),
+                       permc="NATURAL" if triangular else "COLAMD")
+        _SPARSE_CACHE[mdp] = plan
+    return plan
+
+
+def uses_dense_path(mdp: TeamMDP, method: str = "auto") -> bool:
+    """Whether :func:`evaluate` solves ``mdp`` with the dense path under ``method``."""
+    if method not in METHODS:
+        raise ValueError(f"method must be 'auto', 'dense' or 'sparse', got {method!r}")
+    if method != "auto":
+        return method == "dense"
+    s = mdp.n_states
+    return s <= DENSE_LIMIT or (s <= DENSE_FULL_LIMIT and mdp.transitions.nnz >= DENSE_FILL * s * s * mdp.n_actions)
+
+
+def _checked(mdp: TeamMDP, pi: np.ndarray, name: str = "policy") -> np.ndarray:
+    """``pi`` as float64 (S, A), validated with two reductions; the detailed message comes from
+    TeamMDP.check_policy (same conditions: NaN/inf fail both comparisons below)."""
+    pi = np.asarray(pi, dtype=np.float64)
+    if pi.shape == (mdp.n_states, mdp.n_actions) and np.abs(pi.sum(axis=1) - 1.0).max() <= 1e-8 and pi.min() >= -_ATOL:
+        return pi
+    return mdp.check_policy(pi, name)
+
+
 def policy_transitions(mdp: TeamMDP, pi: np.ndarray) -> sp.csr_matrix:
-    """P_pi (S, S) with P_pi[x, x'] = sum_a pi(a | x) T(x' | x, a)."""
+    """P_pi (S, S) as a sparse matrix, P_pi[x, x'] = sum_a pi(a | x) T(x' | x, a)."""
     s, a = mdp.n_states, mdp.n_actions
     rows = np.repeat(np.arange(s), a)
     cols = np.arange(s * a)
@@ -49,34 +171,78 @@ def policy_transitions(mdp: TeamMDP, pi: np.ndarray) -> sp.csr_matrix:
     return (select @ mdp.transitions).tocsr()
 
 
+# ---------------------------------------------------------------------------------------------
+# The two solvers
+
+
+def _solve_dense(mdp: TeamMDP, pi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(V (S,), y (S,), Q (S, A)) with y = mu^T (I - gamma P_pi)^-1, by one LU."""
+    arr = _dense(mdp)
+    g = mdp.gamma
+    system = np.einsum("sa,sat->st", pi, arr.T)
+    system *= -g
+    system.flat[:: mdp.n_states + 1] += 1.0
+    lu, piv, info = lapack.dgetrf(system, overwrite_a=True)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"I - gamma P_pi is singular (getrf info {info})")
+    v = lapack.dgetrs(lu, piv, np.einsum("sa,sa->s", pi, arr.r))[0]
+    y = lapack.dgetrs(lu, piv, arr.mu, trans=1)[0]
+    q = arr.r + g * (arr.T_flat @ v).reshape(arr.r.shape)
+    return v, y, q
+
+
+def _solve_sparse(mdp: TeamMDP, pi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(V (S,), y (S,), Q (S, A)) as :func:`_solve_dense`, with one sparse LU."""
+    plan = _sparse(mdp)
+    s, g = mdp.n_states, mdp.gamma
+    t = mdp.transitions
+    data = np.bincount(plan.pos, weights=t.data * pi.ravel()[plan.source], minlength=plan.nnz)
+    data *= -g
+    data[plan.diag] += 1.0
+    system = sp.csc_matrix((data, plan.indices, plan.indptr), shape=(s, s))
+    lu = spla.splu(system, permc_spec=plan.permc)
+    v = lu.solve(np.einsum("sa,sa->s", pi, mdp.rewards))
+    y = lu.solve(np.asarray(mdp.initial), trans="T")
+    q = mdp.rewards + g * (t @ v).reshape(s, mdp.n_actions)
+    return v, y, q
+
+
 def evaluate(mdp: TeamMDP, pi: np.ndarray, method: Method = "auto", check: bool = True) -> Evaluation:
-    """Exact V, Q, A, d and J of team policy ``pi`` (S, A)."""
+    """Exact V, Q, A, d and J of team policy ``pi`` (S, A).
+
+    ``method``: "dense", "sparse" or "auto" (see DENSE_LIMIT); ``check=False`` skips the
+    validation of ``pi`` (callers that built it themselves)."""
+    pi = _checked(mdp, pi) if check else np.asarray(pi, dtype=np.float64)
+    v, y, q = (_solve_dense if uses_dense_path(mdp, method) else _solve_sparse)(mdp, pi)
+    return Evaluation(V=v, Q=q, A=q - v[:, None], d=(1.0 - mdp.gamma) * y, J=float(mdp.initial @ v))
+
+
+def evaluate_batch(mdp: TeamMDP, pis: np.ndarray, method: Method = "auto", check: bool = True) -> BatchEvaluation:
+    """Exact V, Q, A, d and J of B team policies ``pis`` (B, S, A) on one instance.
+
+    Dense path: one batched contraction and batched LAPACK solves (no Python loop over the batch;
+    pays from a few policies on for S up to ~100); sparse path: :func:`evaluate` per policy."""
+    pis = np.asarray(pis, dtype=np.float64)
+    s, a = mdp.n_states, mdp.n_actions
+    if pis.ndim != 3 or pis.shape[1:] != (s, a):
+        raise ValueError(f"pis must have shape (B, S, A) = (B, {s}, {a}), got {pis.shape}")
     if check:
-        pi = mdp.check_policy(pi)
-    s = mdp.n_states
-    gamma = mdp.gamma
-    r_pi = np.einsum("sa,sa->s", pi, mdp.rewards)
-    p_pi = policy_transitions(mdp, pi)
-    use_dense = method == "dense" or (method == "auto" and s <= DENSE_LIMIT)
-    if method not in ("auto", "dense", "sparse"):
-        raise ValueError(f"method must be 'auto', 'dense' or 'sparse', got {method!r}")
-    if use_dense:
-        system = np.eye(s) - gamma * p_pi.toarray()
-        lu = sla.lu_factor(system)
-        v = sla.lu_solve(lu, r_pi)
-        y = sla.lu_solve(lu, mdp.initial, trans=1)
+        for i in range(pis.shape[0]):
+            _checked(mdp, pis[i], f"policy {i}")
+    g = mdp.gamma
+    if uses_dense_path(mdp, method):
+        arr = _dense(mdp)
+        system = np.einsum("bsa,sat->bst", pis, arr.T)
+        system *= -g
+        system += np.eye(s)
+        r_pi = np.einsum("bsa,sa->bs", pis, arr.r)
+        v = np.linalg.solve(system, r_pi[..., None])[..., 0]
+        y = np.linalg.solve(np.swapaxes(system, 1, 2), np.broadcast_to(arr.mu, r_pi.shape)[..., None])[..., 0]
+        q = arr.r + g * np.einsum("sat,bt->bsa", arr.T, v)
     else:
-        system = (sp.identity(s, format="csc") - gamma * p_pi.tocsc()).tocsc()
-        # Layered (terminating) instances only move to higher state ids: the system is upper
-        # triangular and the natural ordering factorises it without fill-in (5-50x faster).
-        triangular = sp.tril(system, -1).nnz == 0
-        lu = spla.splu(system, permc_spec="NATURAL" if triangular else "COLAMD")
-        v = lu.solve(r_pi)
-        y = lu.solve(mdp.initial, trans="T")
-    d = (1.0 - gamma) * y
-    q = mdp.rewards + gamma * (mdp.transitions @ v).reshape(s, mdp.n_actions)
-    adv = q - v[:, None]
-    return Evaluation(V=v, Q=q, A=adv, d=d, J=float(mdp.initial @ v))
+        parts = [_solve_sparse(mdp, pis[i]) for i in range(pis.shape[0])]
+        v, y, q = (np.stack([p[k] for p in parts]) if parts else np.zeros((0, s) if k < 2 else (0, s, a)) for k in range(3))
+    return BatchEvaluation(V=v, Q=q, A=q - v[..., None], d=(1.0 - g) * y, J=v @ np.asarray(mdp.initial))
 
 
 def optimal_J(mdp: TeamMDP, max_iter: int = 200) -> float:

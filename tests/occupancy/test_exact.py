@@ -13,11 +13,15 @@ import time
 import numpy as np
 import pytest
 
-from occupancy.exact import agent_occupancy, evaluate, evaluate_stage, kl_rows, tv_rows
+from occupancy import exact
+from occupancy.exact import agent_occupancy, evaluate, evaluate_batch, evaluate_stage, kl_rows, tv_rows, uses_dense_path
 from occupancy.families import FAMILIES, initial_policy, make_family
+from occupancy.instances import random_policy, random_team_mdp
 from occupancy.mdp import TeamMDP
 
 TOL = 1e-10
+#: The two solver paths of occupancy.exact; every exactness test runs on both.
+PATHS = ("dense", "sparse")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,41 +161,41 @@ def assert_eval_equal(mdp, ev, v, q, d, j_val):
 # tests
 
 
+@pytest.mark.parametrize("method", PATHS)
 @pytest.mark.parametrize("name,n,rounds", FINITE_CASES)
-def test_family_matches_path_enumeration(name, n, rounds):
+def test_family_matches_path_enumeration(name, n, rounds, method):
     mdp = tiny_family(name, n, rounds)
     pi = initial_policy(mdp, seed=5)
     ref = brute_force_eval(mdp, pi)
-    for method in ("dense", "sparse"):
-        assert_eval_equal(mdp, evaluate(mdp, pi, method=method), *ref)
+    assert_eval_equal(mdp, evaluate(mdp, pi, method=method), *ref)
 
 
+@pytest.mark.parametrize("method", PATHS)
 @pytest.mark.parametrize("seed", range(4))
-def test_random_dag_matches_path_enumeration(seed):
+def test_random_dag_matches_path_enumeration(seed, method):
     mdp = random_dag(seed)
     rng = np.random.default_rng(seed + 100)
     pi = rng.dirichlet(np.ones(mdp.n_actions), size=mdp.n_states)
     ref = brute_force_eval(mdp, pi)
-    for method in ("dense", "sparse"):
-        assert_eval_equal(mdp, evaluate(mdp, pi, method=method), *ref)
+    assert_eval_equal(mdp, evaluate(mdp, pi, method=method), *ref)
 
 
+@pytest.mark.parametrize("method", PATHS)
 @pytest.mark.parametrize("seed", range(4))
-def test_random_cyclic_matches_neumann_series(seed):
+def test_random_cyclic_matches_neumann_series(seed, method):
     mdp = random_cyclic(seed)
     pi = np.random.default_rng(seed).dirichlet(np.ones(mdp.n_actions), size=mdp.n_states)
     ref = neumann_eval(mdp, pi)
-    for method in ("dense", "sparse"):
-        assert_eval_equal(mdp, evaluate(mdp, pi, method=method), *ref)
+    assert_eval_equal(mdp, evaluate(mdp, pi, method=method), *ref)
 
 
+@pytest.mark.parametrize("method", PATHS)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_continuing_family_matches_neumann_series(name):
+def test_continuing_family_matches_neumann_series(name, method):
     mdp = make_family(name, 3, seed=1, rounds=0, gamma=0.8)
     pi = initial_policy(mdp, seed=2)
     assert not mdp.terminal.any()
-    for method in ("dense", "sparse"):
-        assert_eval_equal(mdp, evaluate(mdp, pi, method=method), *neumann_eval(mdp, pi))
+    assert_eval_equal(mdp, evaluate(mdp, pi, method=method), *neumann_eval(mdp, pi))
 
 
 def test_enumeration_detects_a_wrong_value():
@@ -207,13 +211,14 @@ def test_enumeration_detects_a_wrong_value():
         np.testing.assert_allclose(evaluate(other, pi).Q, q, atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("method", PATHS)
 @pytest.mark.parametrize("name,n,rounds", [(f, 3, 1) for f in FAMILIES] + [(f, 2, 2) for f in FAMILIES])
-def test_stage_matches_enumeration(name, n, rounds):
+def test_stage_matches_enumeration(name, n, rounds, method):
     mdp = tiny_family(name, n, rounds, seed=3)
     pi0 = initial_policy(mdp, seed=1)
     news = [initial_policy(mdp, seed=10 + j) for j in range(n)]
     order = list(range(n))[::-1]
-    stage = evaluate_stage(mdp, pi0, order, news)
+    stage = evaluate_stage(mdp, pi0, order, news, method=method)
     teams = [pi0]
     for j in order:
         nxt = teams[-1].copy()
@@ -306,3 +311,95 @@ def test_sparse_solve_of_100k_states(rounds):
     assert np.abs(resid).max() < 1e-10
     assert np.abs(ev.V - np.sum(pi * ev.Q, axis=1)).max() < 1e-9
     assert elapsed < 20.0, f"100k-state build and solve took {elapsed:.1f} s"
+
+
+# ---------------------------------------------------------------------------------------------
+# the two solver paths and the batch
+
+
+def _switch_instances():
+    """Random and structured instances with S around occupancy.exact.DENSE_LIMIT."""
+    out = []
+    for k, s in enumerate(range(exact.DENSE_LIMIT - 12, exact.DENSE_LIMIT + 14, 5)):
+        rng = np.random.default_rng(k)
+        mdp = random_team_mdp(rng, 3, s, 3, 0.95, concentration=float(rng.choice([0.05, 1.0])),
+                              p_terminal=float(rng.choice([0.0, 0.1])))
+        out.append((mdp, random_policy(mdp, rng, 1.0)))
+    for name, n, rounds in (("board", 8, 2), ("layered", 8, 2), ("crowd", 6, 2), ("chain", 8, 2), ("vote", 10, 1)):
+        mdp = make_family(name, n, seed=1, rounds=rounds, gamma=0.95)
+        out.append((mdp, initial_policy(mdp, seed=2)))
+    return out
+
+
+def test_paths_agree_to_1e12_around_the_switch():
+    sizes = []
+    for mdp, pi in _switch_instances():
+        sizes.append(mdp.n_states)
+        a, b = evaluate(mdp, pi, method="dense"), evaluate(mdp, pi, method="sparse")
+        scale = max(1.0, float(np.abs(a.V).max()))
+        for field in ("V", "Q", "A"):
+            np.testing.assert_allclose(getattr(a, field), getattr(b, field), atol=1e-12 * scale, rtol=0)
+        np.testing.assert_allclose(a.d, b.d, atol=1e-12, rtol=0)
+        assert abs(a.J - b.J) <= 1e-12 * scale
+    assert min(sizes) < exact.DENSE_LIMIT < max(sizes)
+
+
+def test_auto_switch():
+    small = make_family("board", 2, seed=0, rounds=1)
+    large = make_family("board", 32, seed=0, rounds=4)
+    assert small.n_states <= exact.DENSE_LIMIT < large.n_states
+    assert uses_dense_path(small) and not uses_dense_path(large)
+    assert uses_dense_path(large, "dense") and not uses_dense_path(small, "sparse")
+    # a densely filled instance above DENSE_LIMIT stays on the dense path (4-5x faster measured)
+    full = random_team_mdp(np.random.default_rng(0), 2, 2 * exact.DENSE_LIMIT, 2, 0.9)
+    assert uses_dense_path(full)
+    with pytest.raises(ValueError, match="method"):
+        evaluate(small, small.uniform_policy(), method="lu")
+
+
+@pytest.mark.parametrize("method", PATHS)
+def test_batch_matches_single_evaluations(method):
+    rng = np.random.default_rng(3)
+    mdp = random_team_mdp(rng, 2, 9, 3, 0.9)
+    pis = np.stack([random_policy(mdp, rng, t) for t in (0.3, 1.0, 3.0, 1.0)])
+    batch = evaluate_batch(mdp, pis, method=method)
+    assert len(batch) == 4 and batch.V.shape == (4, mdp.n_states) and batch.Q.shape == (4, mdp.n_states, 3)
+    for i, pi in enumerate(pis):
+        one = evaluate(mdp, pi, method=method)
+        for field in ("V", "Q", "A", "d"):
+            np.testing.assert_allclose(getattr(batch[i], field), getattr(one, field), atol=1e-13, rtol=0)
+        assert abs(batch[i].J - one.J) < 1e-13
+    with pytest.raises(ValueError, match="shape"):
+        evaluate_batch(mdp, pis[0], method=method)
+
+
+@pytest.mark.parametrize("method", PATHS)
+@pytest.mark.parametrize("bad,match", [("nan", "finite"), ("neg", "non-negative"), ("sum", "not a distribution"),
+                                       ("shape", "shape")])
+def test_policy_validation(method, bad, match):
+    mdp = make_family("board", 2, seed=0, rounds=1)
+    pi = mdp.uniform_policy()
+    if bad == "nan":
+        pi[1, 0] = np.nan
+    elif bad == "neg":
+        pi[1] = [1.5, -0.25, -0.25]
+    elif bad == "sum":
+        pi[1, 0] += 0.01
+    else:
+        pi = pi[:-1]
+    with pytest.raises(ValueError, match=match):
+        evaluate(mdp, pi, method=method)
+    with pytest.raises(ValueError, match=match):
+        evaluate_batch(mdp, pi[None], method=method)
+
+
+def test_cached_arrays_belong_to_their_instance():
+    """Two instances with the same shapes but different rewards do not share cached arrays."""
+    mdp = make_family("board", 2, seed=0, rounds=1)
+    rewards = np.array(mdp.rewards)
+    rewards[~mdp.terminal] += 1.0
+    other = TeamMDP(mdp.transitions, rewards, mdp.router, mdp.initial, mdp.gamma, terminal=mdp.terminal)
+    pi = mdp.uniform_policy()
+    for method in PATHS:
+        j1, j2 = evaluate(mdp, pi, method=method).J, evaluate(other, pi, method=method).J
+        assert j2 > j1 + 0.5

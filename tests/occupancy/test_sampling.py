@@ -31,7 +31,7 @@ def check_against_exact(mdp: TeamMDP, pi: np.ndarray, batch: MessageBatch, n_tra
     nt = ~mdp.terminal
     # states with a meaningful number of visits: the CLT applies
     visited = nt & (ev.d > 1e-3)
-    z = np.abs(d_hat - ev.d)[visited] / (d_se[visited] + 1e-12)  # deterministic states: se = 0
+    z = np.abs(d_hat - ev.d)[visited] / (d_se[visited] + 1e-8)  # deterministic states: se = 0, truncation tol 1e-8
     assert z.max() <= Z, (z.max(), np.flatnonzero(visited)[np.argmax(z)])
     # rarely visited states: bounded by 4 SE or a small absolute slack
     rare = nt & ~visited
@@ -39,7 +39,7 @@ def check_against_exact(mdp: TeamMDP, pi: np.ndarray, batch: MessageBatch, n_tra
     # every agent's occupancy mass
     for j in range(mdp.n_agents):
         m = mdp.router == j
-        assert abs(d_hat[m].sum() - ev.d[m].sum()) <= Z * np.sqrt((d_se[m] ** 2).sum()) * np.sqrt(m.sum()) + 1e-12
+        assert abs(d_hat[m].sum() - ev.d[m].sum()) <= Z * np.sqrt((d_se[m] ** 2).sum()) * np.sqrt(m.sum()) + 1e-8
 
 
 @pytest.mark.parametrize("name,n,rounds", CASES)
