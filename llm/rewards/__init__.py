@@ -2,13 +2,15 @@
 
 ``get_grader(kind, **options)`` returns the grader for ``Problem.kind``:
 
-| kind | grader | used by |
-|---|---|---|
-| ``integer`` | :class:`IntegerGrader` | AIME 2024 / 2025, integer-answer training sets |
-| ``math`` | :class:`MathVerifyGrader` (math-verify, timeout) | MATH-500, LaTeX-answer training sets |
-| ``zebra`` | :class:`ZebraGrader` (cell / puzzle accuracy) | ZebraLogic |
-| ``autologi`` | :class:`AutoLogiGrader` (the item's verifier code) | AutoLogi |
+| kind | grader | used by | defaults follow |
+|---|---|---|---|
+| ``integer`` | :class:`IntegerGrader` | AIME 2024 / 2025, integer-answer training sets | Qwen2.5-Math / Math-Verify extraction |
+| ``math`` | :class:`MathVerifyGrader` (math-verify, timeout) | MATH-500, LaTeX-answer training sets | Math-Verify |
+| ``zebra`` | :class:`ZebraGrader` (cell / puzzle accuracy) | ZebraLogic | ZeroEval |
+| ``autologi`` | :class:`AutoLogiGrader` (the item's verifier code) | AutoLogi | AutoLogi ``evaluation/eval.py`` |
 
+``options`` are the grader's constructor fields (the ``grader:`` mapping of a benchmark in YAML);
+``docs/graders.md`` lists every convention, its default and the reference scorer behind it.
 Other modules add kinds with :func:`register_grader`.
 """
 
