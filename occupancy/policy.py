@@ -5,7 +5,9 @@ pi_j(a | x) = softmax(logits[row(x)])_a with one trainable logit row (A,) per ow
 parameter of shape (|X_j|, A), float64 by default so that its tables pass the exact engine's
 row-sum check (1e-8) without renormalisation.
 
-It implements :class:`trust_region.interfaces.AgentPolicy` for the tabular MessageBatch of
+It implements :class:`trust_region.interfaces.AgentPolicy` and
+:class:`trust_region.interfaces.ExactKLPolicy` (the reference pi_cur is a copy of the logit table)
+for the tabular MessageBatch of
 :mod:`occupancy.sampling` (one message = one action: state in ``batch.context[:, 0]``, action in
 ``batch.tokens[:, 0]``), and the sampler's team contract through :meth:`probs` ((|X_j|, A) rows in
 increasing state order). :func:`team_table` assembles the team policy (S, A) for the exact engine.
@@ -21,6 +23,7 @@ from torch import Tensor
 
 from occupancy.mdp import TeamMDP
 from trust_region.batch import MessageBatch
+from trust_region.kl import categorical_kl
 
 #: probabilities are floored at this before taking logs of an initial policy (keeps logits finite)
 PROB_FLOOR = 1e-300
@@ -72,10 +75,9 @@ class TabularAgent(torch.nn.Module):
         self.logits = torch.nn.Parameter(logits)
 
     # ------------------------------------------------------------------ AgentPolicy
-    def log_probs(self, batch: MessageBatch) -> Tensor:
-        """(M, T) log pi_j(a | x) with x = batch.context[:, 0], a = batch.tokens[:, 0] in column 0
-        (further columns, padding in the tabular engine, hold 0). Raises ValueError for a state the
-        agent does not own or an action out of range."""
+    def _rows(self, batch: MessageBatch) -> Tensor:
+        """(M,) row of each message's state in the logit table; ValueError for a state the agent
+        does not own or an action out of range."""
         states = batch.context[:, 0]
         if bool(((states < 0) | (states >= self.n_states)).any()):
             raise ValueError(f"TabularAgent {self.agent_id}: state id out of [0, {self.n_states})")
@@ -86,11 +88,35 @@ class TabularAgent(torch.nn.Module):
         actions = batch.tokens[:, 0]
         if bool(((actions < 0) | (actions >= self.n_actions)).any()):
             raise ValueError(f"TabularAgent {self.agent_id}: action out of [0, {self.n_actions})")
-        logp = torch.log_softmax(self.logits[rows], dim=-1).gather(1, actions[:, None])  # (M, 1)
+        return rows
+
+    def log_probs(self, batch: MessageBatch) -> Tensor:
+        """(M, T) log pi_j(a | x) with x = batch.context[:, 0], a = batch.tokens[:, 0] in column 0
+        (further columns, padding in the tabular engine, hold 0). Raises ValueError for a state the
+        agent does not own or an action out of range."""
+        rows = self._rows(batch)
+        logp = torch.log_softmax(self.logits[rows], dim=-1).gather(1, batch.tokens[:, 0:1])  # (M, 1)
         t = batch.tokens.shape[1]
         if t == 1:
             return logp
         return torch.cat([logp, torch.zeros(len(batch), t - 1, dtype=logp.dtype)], dim=1)
+
+    # ------------------------------------------------------------------ ExactKLPolicy
+    def kl_reference(self, batch: MessageBatch) -> Tensor:
+        """pi_cur for :meth:`exact_kl`: a copy of the logit table (|X_j|, A) (any batch)."""
+        return self.logits.detach().clone()
+
+    def exact_kl(self, batch: MessageBatch, reference: Tensor, direction: str = "reverse") -> Tensor:
+        """(M, T) float64: column 0 the exact KL over the action set at each message's state between
+        the reference table and the current one (``"reverse"``: KL(pi_ref || pi), ``"forward"``:
+        KL(pi || pi_ref)); further columns 0."""
+        rows = self._rows(batch)
+        with torch.no_grad():
+            kl = categorical_kl(torch.log_softmax(reference[rows].to(torch.float64), dim=-1),
+                                torch.log_softmax(self.logits.detach()[rows].to(torch.float64), dim=-1), direction)
+        out = torch.zeros(batch.tokens.shape, dtype=torch.float64)
+        out[:, 0] = kl
+        return out
 
     def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
         return [self.logits]

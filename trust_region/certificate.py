@@ -6,6 +6,10 @@ Per update i (agent sigma(i)) with constant c = sqrt(2) gamma A_max / (1 - gamma
   w the message-level ratio pi_new / pi_cur at the end of the update (importance-sampled estimate
   of L_{hat pi^{i-1}}(pi_new); ``weight`` = 1 except in the stale_is / stale_happo modes).
 - ``kl``: the monitored KL of the accepted update (stands in for delta_i); ``kl_term`` = c sqrt(kl).
+  With the exact per-context monitor (default) ``kl`` is used as measured (an exact KL is never
+  negative; a negative value is an error). With a sampled estimator (k1/k2/k3) it is clamped at 0
+  inside the square root: a k1 mean on the training batch is often negative, and the clamp then
+  hides exactly the case where the estimate is most wrong (docs/trust_region.md).
   Which direction and statistic it is follows the UpdateConfig (TeamTR: reverse, mean; SAT:
   quantile). Both conventions share the same constant c (papers.md Part D).
 - ``zeta_clip``, ``zeta_ratio``, ``zeta_norm``, ``zeta_proxy`` = their sum: TeamTR's names for the
@@ -97,6 +101,7 @@ def certificate_terms(
     *,
     mean_weighted_ratio_advantage: float,
     kl: float,
+    kl_exact: bool = False,
     zeta_clip: float,
     zeta_ratio: float,
     zeta_norm: float,
@@ -108,12 +113,15 @@ def certificate_terms(
     """Assemble the terms of one update from the estimated quantities.
 
     ``mean_weighted_ratio_advantage`` is mean_m(weight * w * A) over the agent's messages; ``kl``
-    the monitored KL (clamped at 0 inside the square root: a k1 mean can be slightly negative).
+    the monitored KL: exact (``kl_exact``; used as is, ValueError if negative) or a sampled
+    estimate (clamped at 0 inside the square root).
     """
     g = config.gamma
     c = penalty_constant(g, a_max)
     surrogate = mean_weighted_ratio_advantage / (1.0 - g)
-    kl_term = c * math.sqrt(max(kl, 0.0))
+    if kl_exact and not kl >= 0.0:
+        raise ValueError(f"an exact KL must be >= 0, got {kl}")
+    kl_term = c * math.sqrt(kl if kl_exact else max(kl, 0.0))
     zeta = zeta_clip + zeta_ratio + zeta_norm
     bias = zeta / (1.0 - g)
     hoeff = hoeffding_term(a_max, g, n_agents, n_trajectories, config.delta_conf)

@@ -1,4 +1,14 @@
-"""KL estimators from samples of the *behaviour* (current) policy, token-decomposed.
+"""The KL of an update: exact per-context KL (the default monitor) and sampled estimators.
+
+Exact per-context KL (``"exact"``, the default trust-region monitor). An agent that can give its
+whole next-token (next-action) distribution at every position of its messages offers
+``exact_kl`` (:class:`trust_region.interfaces.ExactKLPolicy`); at each visited context the KL
+between pi_cur and pi_new over the full vocabulary (action set) is computed exactly by
+:func:`categorical_kl` and summed over the message's positions (token decomposition). It is never
+negative, and exact at every visited context: the only error left is which contexts were visited.
+
+Sampled estimators (options, and the only choice for an agent without full distributions),
+from samples of the *behaviour* (current) policy, token-decomposed.
 
 Notation: samples x ~ p = pi_cur (the policy that generated the batch, or the agent at update
 start), q = pi_new (the policy being trained); per token l = log q(x) - log p(x), r = exp(l).
@@ -37,6 +47,9 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 #: deprecated name of :data:`KL_ESTIMATORS` (kept importable for now)
 ESTIMATORS = KL_ESTIMATORS
 DIRECTIONS = ("reverse", "forward")
+
+#: trust-region monitors: exact per-context KL, or one of the sampled estimators
+MONITORS = ("exact",) + KL_ESTIMATORS
 
 #: log-ratios are clamped to this magnitude before exponentiation (avoids inf in r = exp(l))
 LOG_RATIO_CLAMP = 20.0
@@ -138,3 +151,21 @@ def categorical_reverse_kl(p_cur: Tensor, p_new: Tensor) -> Tensor:
 def categorical_forward_kl(p_cur: Tensor, p_new: Tensor) -> Tensor:
     """Exact FORWARD KL(p_new || p_cur) of categorical distributions (..., A) -> (...)."""
     return categorical_reverse_kl(p_new, p_cur)
+
+
+def categorical_kl(logp_cur: Tensor, logp_new: Tensor, direction: Direction = "reverse") -> Tensor:
+    """Exact KL of categorical distributions given as log-probabilities (..., V) -> (...) float64.
+
+    ``"reverse"``: KL(pi_cur || pi_new) = sum_v p_cur (log p_cur - log p_new); ``"forward"``:
+    KL(pi_new || pi_cur). Terms with zero weight are 0 (also against -inf). The result is clamped
+    at 0 only to remove float rounding of a quantity that is mathematically >= 0.
+    """
+    if direction == "reverse":
+        lp, lq = logp_cur.to(torch.float64), logp_new.to(torch.float64)
+    elif direction == "forward":
+        lp, lq = logp_new.to(torch.float64), logp_cur.to(torch.float64)
+    else:
+        raise ValueError(f"KL direction must be one of {DIRECTIONS}, got {direction!r}")
+    p = lp.exp()
+    terms = torch.where(p > 0, p * (lp - lq), torch.zeros_like(p))
+    return terms.sum(-1).clamp_min(0.0)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from trust_region.batch import MessageBatch
+from trust_region.kl import categorical_kl
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +33,8 @@ def single_thread():
 
 
 class ToyAgent(torch.nn.Module):
+    """Softmax table logits[state, position, token]; offers the exact per-position KL."""
+
     def __init__(self, agent_id: int, n_states: int, msg_len: int, vocab: int, seed: int = 0, scale: float = 0.3):
         super().__init__()
         self.agent_id = agent_id
@@ -49,6 +52,15 @@ class ToyAgent(torch.nn.Module):
 
     def trainable_parameters(self):
         return [self.logits]
+
+    def kl_reference(self, batch: MessageBatch) -> Tensor:
+        return self.logits.detach().clone()
+
+    def exact_kl(self, batch: MessageBatch, reference: Tensor, direction: str = "reverse") -> Tensor:
+        """(M, T) exact KL over the vocabulary at every position (tokens are independent given the state)."""
+        states, t = batch.context[:, 0], batch.tokens.shape[1]
+        ref = torch.log_softmax(reference[states], dim=-1)[:, :t]
+        return categorical_kl(ref, self.dist_logp(states).detach()[:, :t], direction)
 
     def snapshot(self) -> Tensor:
         return self.logits.detach().clone()

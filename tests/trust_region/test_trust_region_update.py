@@ -10,7 +10,7 @@ import torch
 
 from trust_region.advantage import AdvantageConfig, compute_advantages
 from trust_region.certificate import CertificateConfig, hoeffding_term, penalty_constant
-from trust_region.kl import kl_statistic, message_kl
+from trust_region.kl import kl_statistic, message_kl, per_message
 from trust_region.update import UpdateConfig, adaptive_beta, eval_log_probs, update_agent
 
 
@@ -23,20 +23,29 @@ def _setup(make_team, seed=0, lr=0.5, optimizer="adam", agent=1, msg_len=2):
     return team, opts, batch.select(own), adv
 
 
-def _measure(agent, batch, logp_cur, cfg: UpdateConfig) -> float:
-    logp = eval_log_probs(agent, batch)
-    per = message_kl(logp, logp_cur, batch.mask, cfg.monitor_estimator, cfg.monitor_direction, cfg.monitor_reduce)
+def _measure(agent, batch, logp_cur, ref, cfg: UpdateConfig) -> float:
+    if cfg.monitor_estimator == "exact":
+        per = per_message(agent.exact_kl(batch, ref, cfg.monitor_direction).detach().to(torch.float64), batch.mask,
+                          cfg.monitor_reduce)
+    else:
+        logp = eval_log_probs(agent, batch)
+        per = message_kl(logp, logp_cur, batch.mask, cfg.monitor_estimator, cfg.monitor_direction, cfg.monitor_reduce)
     return float(kl_statistic(per, cfg.monitor_statistic, cfg.monitor_quantile))
 
 
 @pytest.mark.parametrize(
     "cfg",
     [
-        UpdateConfig(delta=0.02, epochs=4, minibatch_size=4, beta=0.0),
+        UpdateConfig(delta=0.02, epochs=4, minibatch_size=4, beta=0.0, monitor_estimator="k1"),
         UpdateConfig(delta=0.02, epochs=4, minibatch_size=4, monitor_estimator="k3"),
         UpdateConfig(delta=0.05, epochs=3, minibatch_size=8, monitor_estimator="k3", monitor_statistic="quantile",
                      monitor_quantile=0.9, monitor_reduce="mean", penalty_direction="forward"),
-        UpdateConfig(delta=0.02, epochs=4, minibatch_size=4, enforce_every="epoch", ratio_level="token"),
+        UpdateConfig(delta=0.02, epochs=4, minibatch_size=4, enforce_every="epoch", ratio_level="token",
+                     monitor_estimator="k1"),
+        UpdateConfig(delta=0.02, epochs=4, minibatch_size=4),  # exact monitor (default)
+        UpdateConfig(delta=0.05, epochs=3, minibatch_size=8, monitor_direction="forward", monitor_statistic="quantile",
+                     monitor_quantile=0.9),
+        UpdateConfig(delta=0.02, epochs=4, minibatch_size=4, backtrack="line_search"),
     ],
 )
 @pytest.mark.parametrize("seed", [0, 1])
@@ -44,8 +53,10 @@ def test_accepted_updates_stay_inside_delta(cfg, seed, make_team):
     team, opts, batch, adv = _setup(make_team, seed=seed, lr=0.5)
     agent = team[1]
     logp_cur = eval_log_probs(agent, batch)
+    ref = agent.kl_reference(batch)
     rep = update_agent(agent, opts[1], batch, adv, cfg, rng=np.random.default_rng(seed))
-    measured = _measure(agent, batch, logp_cur, cfg)
+    measured = _measure(agent, batch, logp_cur, ref, cfg)
+    assert rep.monitor == cfg.monitor_estimator
     assert measured <= cfg.delta
     assert rep.kl == pytest.approx(measured)
     assert rep.kl_max_accepted <= cfg.delta
