@@ -1,0 +1,261 @@
+"""Does the trust region hold? The true KL of accepted updates, per monitor (issue 13's study).
+
+    python -m experiments.kl_calibration            # full tabular study
+    python -m experiments.kl_calibration --quick    # smoke version (tested in the default suite)
+
+Tabular engine, exact truth. For every study family, radius delta, seed and monitor, a team of
+``n_agents`` TabularAgents is trained for ``stages`` intermediate stages with the shared core's
+:func:`trust_region.update.update_agent` (fresh rollouts of the partly updated team before every
+update, as TeamTR). Each update is enforced by one monitor:
+
+- ``exact/train``: the exact per-context KL (over the whole action set at each visited state) on the
+  training batch (the default monitor);
+- ``k1/train``, ``k2/train``, ``k3/train``: the sampled estimators on the training batch;
+- ``<m>/heldout``: the same monitors enforced on a held-out share (``holdout_fraction``) of the
+  agent's trajectories that took no gradient step.
+
+Truth: the reverse KL(pi_cur || pi_new) of the update under the *true* occupancy of its base team
+(the team before the update), averaged over the agent's own contexts (``occupancy.exact.update_kl``
+with ``weighting="agent"``: the quantity a per-message monitor estimates), computed exactly.
+
+Reported per (monitor, delta), over accepted updates (at least one accepted optimizer step): the
+share whose true KL exceeds delta, 1.5 delta and 2 delta, and the median of true / delta (also per
+family in ``summary_by_family.csv``).
+
+Writes results/kl_calibration/{updates.jsonl (one line per finished job; resumable), updates.csv,
+summary.csv, summary_by_family.csv, summary.json, kl_calibration.png, config.json, seeds.json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.common import (
+    cli_overrides,
+    limit_blas_threads,
+    results_dir,
+    run_pool,
+    save_run_metadata,
+    write_csv,
+    write_json,
+)
+
+MONITOR_VARIANTS = ("exact/train", "k1/train", "k2/train", "k3/train",
+                    "exact/heldout", "k1/heldout", "k2/heldout", "k3/heldout")
+STUDY_FAMILIES = ("board", "vote", "chain", "agree", "agree_pair", "layered", "crowd")
+THRESHOLDS = (1.0, 1.5, 2.0)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """families; deltas (radius of the monitored per-message reverse KL); monitors (see
+    MONITOR_VARIANTS); seeds; n_agents; stages per run; prompts x group_size trajectories per
+    batch; epochs, minibatch_size and lr (Adam) of an update; holdout_fraction of the held-out
+    monitors; rounds, gamma and temperature (initial policy) of the families; workers."""
+
+    families: tuple[str, ...] = STUDY_FAMILIES
+    deltas: tuple[float, ...] = (0.01, 0.1)
+    monitors: tuple[str, ...] = MONITOR_VARIANTS
+    seeds: int = 10
+    n_agents: int = 3
+    stages: int = 4
+    prompts: int = 16
+    group_size: int = 8
+    epochs: int = 4
+    minibatch_size: int = 32
+    lr: float = 0.2
+    holdout_fraction: float = 0.25
+    rounds: int = 1
+    gamma: float = 0.95
+    temperature: float = 1.0
+    workers: int = 2
+    seed0: int = 0
+    out: str = "kl_calibration"
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.monitors) - set(MONITOR_VARIANTS))
+        if unknown:
+            raise ValueError(f"CalibrationConfig.monitors: unknown {unknown}; allowed {MONITOR_VARIANTS}")
+        if min(self.deltas) <= 0 or self.seeds < 1 or self.n_agents < 1 or self.stages < 1:
+            raise ValueError("CalibrationConfig: deltas > 0, seeds >= 1, n_agents >= 1 and stages >= 1 required")
+
+
+QUICK = dict(families=("chain", "agree"), deltas=(0.01, 0.1), monitors=("exact/train", "k1/train", "exact/heldout"),
+             seeds=1, stages=1, prompts=8, group_size=4, epochs=2, minibatch_size=16, out="kl_calibration_quick")
+
+
+def job_key(job: dict[str, Any]) -> str:
+    return f"{job['family']}|{job['delta']}|{job['monitor']}|{job['seed']}"
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One (family, delta, monitor, seed): ``stages`` intermediate stages; per update the monitored
+    KL, the sampled/exact KLs on the batch and the true KL under the base team's occupancy."""
+    import torch
+
+    from occupancy.exact import evaluate, update_kl
+    from occupancy.families import initial_policy, make_family
+    from occupancy.policy import make_tabular_team, team_table
+    from occupancy.sampling import TabularSampler
+    from trust_region.advantage import AdvantageConfig, compute_advantages
+    from trust_region.update import UpdateConfig, update_agent
+
+    torch.set_num_threads(1)
+    cfg = CalibrationConfig(**job["config"])
+    estimator, source = job["monitor"].split("/")
+    seed = int(job["seed"])
+    mdp = make_family(job["family"], cfg.n_agents, seed=seed, rounds=cfg.rounds, gamma=cfg.gamma)
+    team = make_tabular_team(mdp, initial_policy(mdp, seed=seed, temperature=cfg.temperature))
+    opts = [torch.optim.Adam(a.trainable_parameters(), lr=cfg.lr) for a in team]
+    sampler = TabularSampler(mdp, seed=seed)
+    rng = np.random.default_rng(seed)
+    heldout = source == "heldout"
+    ucfg = UpdateConfig(delta=float(job["delta"]), epochs=cfg.epochs, minibatch_size=cfg.minibatch_size,
+                        monitor_estimator=estimator, holdout_fraction=cfg.holdout_fraction if heldout else 0.0,
+                        enforce_on="heldout" if heldout else "train")
+    adv_cfg = AdvantageConfig()
+    betas = [ucfg.beta] * cfg.n_agents
+    rows = []
+    for stage in range(cfg.stages):
+        for j in range(cfg.n_agents):
+            base = team_table(mdp, team)
+            batch = sampler.sample(team, sampler.draw_prompts(cfg.prompts), cfg.group_size)
+            own = batch.agent == j
+            if not bool(own.any()):
+                continue
+            adv = compute_advantages(batch, j, adv_cfg).select(own)
+            rep = update_agent(team[j], opts[j], batch.select(own), adv, ucfg, beta=betas[j], rng=rng)
+            betas[j] = rep.beta_end
+            new = team_table(mdp, team)
+            d = evaluate(mdp, base).d
+            rows.append(dict(
+                family=job["family"], delta=float(job["delta"]), monitor=job["monitor"], seed=seed, stage=stage,
+                agent=j, accepted=rep.n_steps > 0, n_steps=rep.n_steps, n_rejected=rep.n_rejected,
+                kl_monitor=rep.kl, kl_train=rep.kl_train, kl_heldout=rep.kl_heldout,
+                kl_exact_batch=rep.kl_exact_mean, kl_k1_batch=rep.kl_k1_mean, kl_k3_batch=rep.kl_k3_mean,
+                kl_true=update_kl(mdp, d, base, new, j, "reverse", "agent"),
+            ))
+    return {"key": job_key(job), "rows": rows}
+
+
+def summarise(rows: list[dict[str, Any]], by: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Per group of ``by``: accepted updates, share of true KL > t * delta for t in THRESHOLDS,
+    median and max of true / delta, mean monitored KL / delta."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in by), []).append(r)
+    out = []
+    for key, rs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        acc = [r for r in rs if r["accepted"]]
+        ratio = np.array([r["kl_true"] / r["delta"] for r in acc])
+        row = dict(zip(by, key))
+        row.update(updates=len(rs), accepted=len(acc))
+        for t in THRESHOLDS:
+            row[f"exceed_{t:g}delta"] = float(np.mean(ratio > t)) if acc else math.nan
+        row["median_true_over_delta"] = float(np.median(ratio)) if acc else math.nan
+        row["max_true_over_delta"] = float(ratio.max()) if acc else math.nan
+        row["mean_monitor_over_delta"] = float(np.mean([r["kl_monitor"] / r["delta"] for r in acc])) if acc else math.nan
+        out.append(row)
+    return out
+
+
+def plot(summary: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    monitors = list(dict.fromkeys(r["monitor"] for r in summary))
+    deltas = sorted({r["delta"] for r in summary})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = 0.8 / max(len(deltas), 1)
+    for k, delta in enumerate(deltas):
+        vals = {r["monitor"]: r for r in summary if r["delta"] == delta}
+        x = np.arange(len(monitors)) + k * width
+        axes[0].bar(x, [vals[m]["exceed_1.5delta"] if m in vals else np.nan for m in monitors], width,
+                    label=f"delta={delta:g}")
+        axes[1].bar(x, [vals[m]["median_true_over_delta"] if m in vals else np.nan for m in monitors], width,
+                    label=f"delta={delta:g}")
+    for ax, title in zip(axes, ("share of accepted updates with true KL > 1.5 delta", "median true KL / delta")):
+        ax.set_xticks(np.arange(len(monitors)) + width * (len(deltas) - 1) / 2)
+        ax.set_xticklabels(monitors, rotation=35, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=8)
+    axes[1].axhline(1.0, color="k", lw=0.8, ls="--")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(cfg: CalibrationConfig, root: str | Path | None = None) -> dict[str, Any]:
+    """Run (or resume) the study; returns the summary rows."""
+    out = results_dir(cfg.out, root)
+    save_run_metadata(out, cfg, [cfg.seed0 + s for s in range(cfg.seeds)])
+    log = out / "updates.jsonl"
+    done: dict[str, list] = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a truncated last line of an interrupted run: redone
+            done[rec["key"]] = rec["rows"]
+    conf = asdict(cfg)
+    jobs = [dict(family=f, delta=d, monitor=m, seed=cfg.seed0 + s, config=conf)
+            for f in cfg.families for d in cfg.deltas for m in cfg.monitors for s in range(cfg.seeds)]
+    todo = [j for j in jobs if job_key(j) not in done]
+    with open(log, "a") as fh:
+        for res in run_pool(run_job, todo, workers=cfg.workers, desc="kl_calibration"):
+            fh.write(json.dumps(res) + "\n")
+            fh.flush()
+            done[res["key"]] = res["rows"]
+    rows = [r for j in jobs for r in done[job_key(j)]]
+    write_csv(out / "updates.csv", rows)
+    summary = summarise(rows, ("monitor", "delta"))
+    by_family = summarise(rows, ("monitor", "delta", "family"))
+    write_csv(out / "summary.csv", summary)
+    write_csv(out / "summary_by_family.csv", by_family)
+    write_json(out / "summary.json", {"summary": summary, "by_family": by_family})
+    plot(summary, out / "kl_calibration.png")
+    return {"summary": summary, "by_family": by_family, "out": out}
+
+
+def format_table(summary: list[dict[str, Any]]) -> str:
+    head = f"{'monitor':<15}{'delta':>7}{'accepted':>9}{'>d':>8}{'>1.5d':>8}{'>2d':>8}{'med true/d':>11}{'max true/d':>11}"
+    lines = [head]
+    for r in summary:
+        lines.append(f"{r['monitor']:<15}{r['delta']:>7g}{r['accepted']:>9d}{r['exceed_1delta']:>8.3f}"
+                     f"{r['exceed_1.5delta']:>8.3f}{r['exceed_2delta']:>8.3f}{r['median_true_over_delta']:>11.3f}"
+                     f"{r['max_true_over_delta']:>11.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke version (seconds)")
+    parser.add_argument("--families", nargs="+")
+    parser.add_argument("--deltas", nargs="+", type=float)
+    parser.add_argument("--monitors", nargs="+")
+    parser.add_argument("--seeds", type=int)
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    kwargs = dict(QUICK) if args.quick else {}
+    kwargs.update(cli_overrides(args, tuples=("families", "deltas", "monitors"), scalars=("seeds", "workers", "out")))
+    limit_blas_threads()
+    res = run(CalibrationConfig(**kwargs))
+    print(format_table(res["summary"]))
+    print(f"wrote {res['out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
