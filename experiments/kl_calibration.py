@@ -2,6 +2,7 @@
 
     python -m experiments.kl_calibration            # full tabular study
     python -m experiments.kl_calibration --quick    # smoke version (tested in the default suite)
+    python -m experiments.kl_calibration --cost     # wall time of an update per monitor / step rule
 
 Tabular engine, exact truth. For every study family, radius delta, seed and monitor, a team of
 ``n_agents`` TabularAgents is trained for ``stages`` intermediate stages with the shared core's
@@ -238,6 +239,60 @@ def format_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+COST_VARIANTS = (
+    ("no trust region", dict(delta=math.inf, kl_target=0.01)),
+    ("k1 monitor, retry", dict(monitor_estimator="k1")),
+    ("exact monitor, retry", dict()),
+    ("exact monitor, line search", dict(backtrack="line_search")),
+)
+
+
+def bench_update_cost(family: str = "layered", n_agents: int = 3, repeats: int = 20, lr: float = 0.2,
+                      delta: float = 0.01) -> list[dict[str, Any]]:
+    """Wall time of one agent update (tabular engine, the study's update settings) per variant of
+    :data:`COST_VARIANTS`, on the same batches (median over ``repeats`` updates, each from the
+    same start), with the accepted and rejected steps and monitor passes; ratios against the
+    update without a trust region measured in the same run."""
+    import time
+
+    import torch
+
+    from occupancy.families import initial_policy, make_family
+    from occupancy.policy import make_tabular_team
+    from occupancy.sampling import TabularSampler
+    from trust_region.advantage import AdvantageConfig, compute_advantages
+    from trust_region.update import UpdateConfig, update_agent
+
+    torch.set_num_threads(1)
+    cfg = CalibrationConfig()
+    mdp = make_family(family, n_agents, seed=0, rounds=1, gamma=0.95)
+    pi0 = initial_policy(mdp, seed=0)
+    sampler = TabularSampler(mdp, seed=0)
+    team = make_tabular_team(mdp, pi0)
+    batches = [sampler.sample(team, sampler.draw_prompts(cfg.prompts), cfg.group_size) for _ in range(repeats)]
+    out = []
+    for name, kw in COST_VARIANTS:
+        ucfg = UpdateConfig(**{**dict(delta=delta, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size), **kw})
+        times, steps, rejected, passes = [], [], [], []
+        for b in batches:
+            agent = make_tabular_team(mdp, pi0)[1]
+            opt = torch.optim.Adam(agent.trainable_parameters(), lr=lr)
+            own = b.agent == 1
+            adv = compute_advantages(b, 1, AdvantageConfig()).select(own)
+            t0 = time.perf_counter()
+            rep = update_agent(agent, opt, b.select(own), adv, ucfg, rng=np.random.default_rng(0))
+            times.append(time.perf_counter() - t0)
+            steps.append(rep.n_steps)
+            rejected.append(rep.n_rejected)
+            passes.append(rep.n_monitor_passes)
+        out.append(dict(variant=name, wall_ms=1e3 * float(np.median(times)), steps=float(np.mean(steps)),
+                        rejected=float(np.mean(rejected)), monitor_passes=float(np.mean(passes))))
+    ref = out[0]["wall_ms"]
+    for r in out:
+        r["ratio_vs_no_tr"] = r["wall_ms"] / ref
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke version (seconds)")
@@ -247,7 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--workers", type=int)
     parser.add_argument("--out")
+    parser.add_argument("--cost", action="store_true", help="only the update-cost benchmark (tabular)")
     args = parser.parse_args(argv)
+    if args.cost:
+        limit_blas_threads()
+        rows = bench_update_cost()
+        print(f"{'variant':<30}{'wall ms':>9}{'ratio':>7}{'steps':>7}{'rejected':>9}{'monitor passes':>15}")
+        for r in rows:
+            print(f"{r['variant']:<30}{r['wall_ms']:>9.2f}{r['ratio_vs_no_tr']:>7.2f}{r['steps']:>7.1f}"
+                  f"{r['rejected']:>9.1f}{r['monitor_passes']:>15.1f}")
+        write_json(results_dir("kl_calibration_cost") / "cost.json", rows)
+        return 0
     kwargs = dict(QUICK) if args.quick else {}
     kwargs.update(cli_overrides(args, tuples=("families", "deltas", "monitors"), scalars=("seeds", "workers", "out")))
     limit_blas_threads()

@@ -37,3 +37,12 @@ def test_summary_shares():
     assert s["accepted"] == 4 and s["updates"] == 5
     assert (s["exceed_1delta"], s["exceed_1.5delta"], s["exceed_2delta"]) == (0.75, 0.5, 0.25)
     assert abs(s["median_true_over_delta"] - 1.4) < 1e-12
+
+
+def test_update_cost_bench_reports_each_variant():
+    from experiments.kl_calibration import COST_VARIANTS, bench_update_cost
+
+    rows = bench_update_cost(family="chain", repeats=2)
+    assert [r["variant"] for r in rows] == [name for name, _ in COST_VARIANTS]
+    assert rows[0]["ratio_vs_no_tr"] == 1.0 and rows[0]["rejected"] == 0.0
+    assert all(r["wall_ms"] > 0 for r in rows)
