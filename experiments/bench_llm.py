@@ -168,8 +168,8 @@ class BenchLLMConfig:
 
 # ------------------------------------------------------------------------------ device helpers
 def resolve_device(spec: str | None) -> torch.device:
-    """``spec`` as a torch device (None: cuda if available, else cpu): :func:`llm.team.resolve_device`."""
-    from llm.team import resolve_device as resolve
+    """``spec`` as a torch device (None: cuda if available, else cpu): :func:`llm.models.resolve_device`."""
+    from llm.models import resolve_device as resolve
 
     try:
         return resolve("auto" if spec is None else spec)

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
+from llm.tokens import message_logits, message_rows
 from trust_region.batch import MessageBatch
 
 
@@ -141,35 +142,16 @@ class LLMAgent(torch.nn.Module):
         asked for the logits of the last ``T_r + 1`` positions only.
         """
         device = self.device
-        ctx = [batch.context[i][batch.context_mask[i]] for i in rows]
-        msg = [batch.tokens[i][batch.mask[i]] for i in rows]
-        lengths = [len(x) for x in msg]
-        t_r = max(lengths)
-        width = max(len(c) + len(x) for c, x in zip(ctx, msg))
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, (c, x) in enumerate(zip(ctx, msg)):
-            seq = torch.cat([c, x])
-            ids[r, width - len(seq) :] = seq
-            attn[r, width - len(seq) :] = 1
-        ids, attn = ids.to(device), attn.to(device)
-        position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
+        ctx, msg = message_rows(batch, rows)
         grad = torch.is_grad_enabled()
         was_training = self.model.training
         self.model.train(grad and self.gradient_checkpointing)
         try:
-            logits = self.model(
-                input_ids=ids,
-                attention_mask=attn,
-                position_ids=position_ids,
-                use_cache=False,
-                logits_to_keep=t_r + 1,
-            ).logits
+            logits, target, lengths = message_logits(self.model, ctx, msg, self.pad_token_id)
         finally:
             self.model.train(was_training)
-        # logits[:, k] predicts the token at position width - t_r - 1 + k + 1
-        logp = torch.log_softmax(logits[:, :-1].float() / self.temperature, dim=-1)  # (R, t_r, V)
-        target = ids[:, width - t_r :]
+        t_r = max(lengths)
+        logp = torch.log_softmax(logits.float() / self.temperature, dim=-1)  # (R, t_r, V)
         tok_logp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (R, t_r), left aligned to the end
         # move each row's message (the last L_r positions) to the front: right padded (R, t_r)
         lengths_t = torch.tensor(lengths, device=device)

@@ -1,7 +1,7 @@
 """TeamSampler: team rollouts of an LLMTeam as MessageBatch (the core's Sampler protocol).
 
 A trajectory is one problem answered by ``rounds * n`` turns; the router fixes who speaks at each
-turn; each turn's prompt is built by the text handoff (:mod:`llm.protocol`) in the speaker's chat
+turn; each turn's prompt is built by the text handoff (:mod:`llm.handoff`) in the speaker's chat
 template; the last turn's text is graded once (terminal reward, return = score, undiscounted).
 
 Turns are generated in lock step: at turn t all trajectories whose speaker is agent j go to
@@ -27,8 +27,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from llm.protocol import render_prompt
+from llm.handoff import render_prompt
 from llm.rewards.base import Grade, Problem
 from llm.rollout.base import Generation, GenerationBackend, SamplingConfig
 from trust_region.batch import MessageBatch
@@ -86,6 +87,8 @@ class TeamSampler:
     - ``backend``: a GenerationBackend serving the team's agents (e.g. :class:`llm.rollout.hf.HFBackend`).
     - ``grader``: ``grader(response, problem) -> Grade`` (e.g. ``Task.grader``).
     - ``temperature``/``top_p``: sampling settings (the agents' ``temperature`` must match).
+    - ``max_new_tokens``: token limit of every message (None: each agent's own limit).
+    - ``progress``: a tqdm bar of the messages (and tokens) generated inside each rollout.
     """
 
     def __init__(
@@ -96,8 +99,12 @@ class TeamSampler:
         top_p: float = 1.0,
         seed: int = 0,
         recompute_logprobs: bool = True,
+        max_new_tokens: int | None = None,
+        progress: bool = False,
     ) -> None:
         SamplingConfig(temperature=temperature, top_p=top_p)  # validates
+        self.max_new_tokens = max_new_tokens
+        self.progress = progress
         self.backend = backend
         self.grader = grader
         self.temperature = temperature
@@ -123,14 +130,22 @@ class TeamSampler:
         if not prompts:
             raise ValueError("TeamSampler.sample: no prompts")
         router = team.router
-        problems, schedules, groups = {}, {}, {}
+        schedules = [[router.schedule(r, s, self.rng) for s in range(group_size)] for r in range(len(prompts))]
+        return self.rollout(team, prompts, schedules)
+
+    def rollout(self, team: Sequence[Any], prompts: Sequence[Problem],
+                schedules: Sequence[Sequence[list[int]]]) -> MessageBatch:
+        """Fresh trajectories with the given speaker schedules: ``schedules[r][s]`` (agent indices,
+        one per turn) is trajectory ``r * G + s`` of problem r (its group). Used by :meth:`sample`
+        and by the evaluation's chain protocol."""
+        problems, scheds, groups = {}, {}, {}
         for r, problem in enumerate(prompts):
-            for s in range(group_size):
-                traj = r * group_size + s
+            for s, schedule in enumerate(schedules[r]):
+                traj = r * len(schedules[r]) + s
                 problems[traj] = problem
-                schedules[traj] = router.schedule(r, s, self.rng)
+                scheds[traj] = list(schedule)
                 groups[traj] = r
-        payload = RolloutPayload(problems, schedules, {}, {}, {})
+        payload = RolloutPayload(problems, scheds, {}, {}, {})
         start = {traj: 0 for traj in problems}
         return self._rollout(team, payload, groups, start, kept=[])
 
@@ -199,6 +214,8 @@ class TeamSampler:
         stats = SampleStats(reused_messages=len(kept), reused_tokens=sum(len(r.tokens) for r in kept))
         rows = list(kept)
         max_turns = max(len(s) for s in payload.schedules.values())
+        todo = sum(max(0, len(payload.schedules[t]) - start[t]) for t in groups)
+        bar = tqdm(total=todo, desc="rollout", unit="msg", leave=False, disable=not self.progress)
         for turn in range(max_turns):
             by_agent: dict[int, list[int]] = {}
             for traj in sorted(groups):
@@ -208,8 +225,8 @@ class TeamSampler:
             for agent, trajs in sorted(by_agent.items()):
                 self._sync_weights(team, agent)
                 prompts = [self._prompt_ids(team, payload, t, turn) for t in trajs]
-                sampling = SamplingConfig(max_new_tokens=team[agent].max_new_tokens, temperature=self.temperature,
-                                          top_p=self.top_p)
+                sampling = SamplingConfig(max_new_tokens=self.max_new_tokens or team[agent].max_new_tokens,
+                                          temperature=self.temperature, top_p=self.top_p)
                 seed = int(self.rng.integers(0, 2**62))
                 gens: list[Generation] = self.backend.generate(agent, prompts, sampling, seed=seed)
                 stats.generate_calls += 1
@@ -221,6 +238,9 @@ class TeamSampler:
                                      list(gen.logprobs), True))
                     stats.generated_messages += 1
                     stats.generated_tokens += len(gen.token_ids)
+                bar.update(len(trajs))
+                bar.set_postfix(tokens=stats.generated_tokens, refresh=False)
+        bar.close()
         # grade the trajectories whose last turn was (re)generated
         for traj in groups:
             if traj not in payload.grades:

@@ -3,31 +3,31 @@ optional LoRA), a router deciding who speaks at each turn, and the text handoff 
 
 Building a team from a config::
 
-    from llm.config import load_config
+    from llm.train.config import load_config
     from llm.team import LLMTeam
     cfg = load_config("configs/cpu_demo.yaml")
     team = LLMTeam.from_config(cfg.team, temperature=cfg.sampling.temperature)
     optimizers = team.make_optimizers()
 
-:func:`preflight` checks every agent (model path exists, tokenizer loads and has a chat template)
-before any model weights are loaded, so bad input fails fast with a message naming the agent.
+:func:`llm.models.preflight` checks every agent (model path exists, tokenizer loads and has a chat
+template, vocabulary fits the model) before any model weights are loaded, so bad input fails fast
+with a message naming the agent.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from llm.agent import LLMAgent
-from llm.config import AgentConfig, ConfigError, RouterConfig, TeamConfig
-from llm.protocol import HandoffFormat
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from llm.config.errors import ConfigError
+from llm.config.sections import AgentConfig, RouterConfig, TeamConfig
+from llm.handoff import HandoffFormat
+from llm.models import load_model, preflight
 
 
 # ---------------------------------------------------------------------------- router
@@ -67,103 +67,6 @@ class Router:
         if self.kind == "fixed":
             return self.order * self.rounds
         return [int(a) for _ in range(self.rounds) for a in rng.permutation(n)]
-
-
-# ---------------------------------------------------------------------------- preflight
-def _looks_local(spec: str) -> bool:
-    return spec.startswith(("/", "./", "../", "~")) or os.path.exists(spec) or spec.count("/") != 1
-
-
-def resolve_model_path(agent: AgentConfig, spec: str | None = None) -> str:
-    """A local directory (checked), a hub id (returned as is) or ``builtin:smollm2`` (converted
-    once, see :mod:`llm.models`). ConfigError for a missing path."""
-    spec = spec or agent.model
-    if spec.startswith("builtin:"):
-        from llm.models import resolve_builtin
-
-        try:
-            return resolve_builtin(spec)
-        except (ValueError, FileNotFoundError, ImportError) as err:
-            raise ConfigError(f"agent {agent.name!r}: {err}") from err
-    if _looks_local(spec):
-        path = Path(spec).expanduser()
-        if not path.exists():
-            raise ConfigError(f"agent {agent.name!r}: model path does not exist: {path}")
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise ConfigError(f"agent {agent.name!r}: {path} is not a model directory (no config.json)")
-        return str(path)
-    return spec
-
-
-def load_tokenizer(agent: AgentConfig) -> Any:
-    """The agent's tokenizer, checked for a chat template and an EOS token."""
-    from transformers import AutoTokenizer
-
-    spec = resolve_model_path(agent, agent.tokenizer or agent.model)
-    try:
-        tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=agent.trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"agent {agent.name!r}: cannot load a tokenizer from {spec!r}: {err}") from err
-    if not getattr(tok, "chat_template", None):
-        raise ConfigError(
-            f"agent {agent.name!r}: the tokenizer of {spec!r} has no chat template; use an instruct/chat "
-            "model or set one (tokenizer.chat_template) and save it with the model"
-        )
-    if tok.eos_token_id is None:
-        raise ConfigError(f"agent {agent.name!r}: the tokenizer of {spec!r} has no EOS token")
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    return tok
-
-
-def preflight(config: TeamConfig) -> list[Any]:
-    """Check every agent before loading weights; returns the tokenizers (one per agent)."""
-    for agent in config.agents:
-        resolve_model_path(agent)
-    return [load_tokenizer(agent) for agent in config.agents]
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``spec`` ("auto": cuda if available, else cpu) as a torch device; a CUDA device must exist."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {spec!r} requested but CUDA is not available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA devices exist")
-    return device
-
-
-def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    if spec == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return _DTYPES[spec]
-
-
-def load_model(agent: AgentConfig) -> torch.nn.Module:
-    """The agent's causal LM on its device and dtype, with LoRA adapters when configured."""
-    from transformers import AutoModelForCausalLM
-
-    device = resolve_device(agent.device)
-    dtype = resolve_dtype(agent.dtype, device)
-    spec = resolve_model_path(agent)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, trust_remote_code=agent.trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"agent {agent.name!r}: cannot load model {spec!r}: {err}") from err
-    model.to(device)
-    if agent.lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=agent.lora.r, lora_alpha=agent.lora.alpha, lora_dropout=agent.lora.dropout,
-                          target_modules=list(agent.lora.target_modules), task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
-    return model
 
 
 # ---------------------------------------------------------------------------- team
@@ -216,6 +119,23 @@ class LLMTeam(Sequence[LLMAgent]):
                 )
             )
         return cls(agents, Router.from_config(config), config.protocol, config)
+
+    def with_agent(self, j: int, model: torch.nn.Module, tokenizer: Any, spec: AgentConfig | None = None) -> "LLMTeam":
+        """A new team sharing every agent except agent j, which runs ``model`` with the incumbent's
+        role, temperature and limits; ``spec`` (the new model's AgentConfig) replaces agent j's entry
+        of the team config, so a backend built for the new team loads the right model."""
+        old = self.agents[j]
+        agents = list(self.agents)
+        agents[j] = LLMAgent(agent_id=j, name=old.name, model=model, tokenizer=tokenizer,
+                             system_prompt=old.system_prompt, temperature=old.temperature,
+                             micro_batch_size=old.micro_batch_size, max_new_tokens=old.max_new_tokens,
+                             chat_template_kwargs=old.chat_template_kwargs)
+        config = self.config
+        if config is not None and spec is not None:
+            specs = list(config.agents)
+            specs[j] = spec
+            config = dataclasses.replace(config, agents=tuple(specs))
+        return LLMTeam(agents, self.router, self.protocol, config)
 
     def make_optimizers(self) -> list[torch.optim.Optimizer]:
         """One AdamW per agent over its trainable parameters (settings from the agent config)."""

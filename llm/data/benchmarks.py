@@ -28,16 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from llm.config.yamlio import read_text
+from llm.data.jsonl import DataError, read_jsonl
 from llm.data.prompts import apply_template
 from llm.rewards.base import Problem
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGED_DIR = Path(__file__).resolve().parent / "files"
 ENV_ROOT = "TEAMTR_BENCHMARKS_DIR"
-
-
-class DataError(ValueError):
-    """A benchmark file is missing or malformed; the message names the path and the field."""
 
 
 @dataclass(frozen=True)
@@ -122,24 +120,19 @@ def read_records(source: str | os.PathLike[str], split: str = "test") -> Iterato
     if text.startswith("hf:") or (not path.exists() and _looks_like_hub_id(text)):
         yield from _read_hub(text[3:] if text.startswith("hf:") else text, split)
         return
-    if not path.is_file():
+    if path.is_dir():
+        raise DataError(f"benchmark file {path} is a directory, not a file")
+    if not path.exists():
         raise DataError(f"benchmark file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-                yield f"{path}:{lineno}", record
+        for lineno, record in read_jsonl(path, what="benchmark file"):
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            yield f"{path}:{lineno}", record
     elif suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path, "benchmark file", DataError))
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: not valid JSON ({exc.msg})") from exc
         if isinstance(data, dict):

@@ -13,12 +13,14 @@ processor keeps one (B, V) row of log-probs at a time (memory O(B V), not O(B V 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
+from transformers import GenerationConfig
 
 from llm.rollout.base import Generation, SamplingConfig
+from llm.tokens import left_pad
 
 
 def apply_temperature_top_p(logits: Tensor, temperature: float, top_p: float) -> Tensor:
@@ -68,6 +70,62 @@ class _RecordingWarper:
         return torch.stack(self.logprobs, dim=1)
 
 
+def generate_in_chunks(model: torch.nn.Module, prompts: list[list[int]], batch_size: int, seed: int | None,
+                       run: Callable[[list[list[int]]], list[Generation]]) -> list[Generation]:
+    """``run`` on chunks of ``batch_size`` prompts under one seeded RNG fork (the caller's RNG
+    state is left untouched; a seeded call is repeatable)."""
+    device = next(model.parameters()).device
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    out: list[Generation] = []
+    with torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            out.extend(run(prompts[start: start + batch_size]))
+    return out
+
+
+@torch.no_grad()
+def generate_messages(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, eos_ids: Sequence[int],
+                      sampling: SamplingConfig, *, min_new_tokens: int | None = None,
+                      extra_processors: Callable[[Tensor], list[Any]] | None = None) -> list[Generation]:
+    """Left pad, ``model.generate`` with our recording temperature/top-p warper, cut at the first EOS.
+
+    ``extra_processors(attention_mask)`` returns logits processors that run before the warper (the
+    decoding-time mixing of :mod:`llm.rollout.mixing`). Returns one Generation per prompt, EOS kept.
+    """
+    device = next(model.parameters()).device
+    input_ids, attention = left_pad(prompts, pad_id)
+    warper = _RecordingWarper(sampling.temperature, sampling.top_p)
+    processors = (extra_processors(attention) if extra_processors is not None else []) + [warper]
+    config = GenerationConfig(do_sample=True, max_new_tokens=sampling.max_new_tokens, min_new_tokens=min_new_tokens,
+                              temperature=1.0, top_p=1.0, top_k=0, eos_token_id=list(eos_ids), pad_token_id=pad_id)
+    was_training = model.training
+    model.eval()
+    try:
+        sequences = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                   generation_config=config, logits_processor=processors)
+    finally:
+        model.train(was_training)
+    width = input_ids.shape[1]
+    new = sequences[:, width:].cpu()
+    logp = warper.finish(sequences[:, -1]).cpu()
+    if logp.shape != new.shape:
+        raise RuntimeError(f"generate: recorded {tuple(logp.shape)} log-probs for {tuple(new.shape)} tokens")
+    eos = set(int(e) for e in eos_ids)
+    gens = []
+    for i in range(len(prompts)):
+        ids = new[i].tolist()
+        length, reason = len(ids), "length"
+        for u, t in enumerate(ids):
+            if t in eos:
+                length, reason = u + 1, "stop"
+                break
+        gens.append(Generation(ids[:length], logp[i, :length].tolist(), reason))
+    return gens
+
+
 @dataclass
 class GenerationCounter:
     """Cost accounting: ``calls`` to generate, ``prompts`` sampled, ``tokens`` generated, per agent."""
@@ -108,8 +166,6 @@ class HFBackend:
         batch_size: int = 64,
         fixed_length: bool = False,
     ) -> None:
-        from transformers import GenerationConfig
-
         if not (len(models) == len(eos_ids) == len(pad_ids)):
             raise ValueError("HFBackend: models, eos_ids and pad_ids need one entry per agent")
         if batch_size < 1:
@@ -120,7 +176,6 @@ class HFBackend:
         self.batch_size = batch_size
         self.fixed_length = fixed_length
         self.counter = GenerationCounter()
-        self._generation_config = GenerationConfig
         for j, model in enumerate(self.models):
             # A clean config: the model's shipped defaults (top_k, repetition penalty, ...) would
             # otherwise change the sampling distribution behind our back.
@@ -144,66 +199,12 @@ class HFBackend:
             raise ValueError(f"HFBackend.generate: agent {agent} out of range [0, {len(self.models)})")
         if any(len(p) == 0 for p in prompts):
             raise ValueError("HFBackend.generate: empty prompt")
-        out: list[Generation] = []
-        device = next(self.models[agent].parameters()).device
-        devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-            if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for start in range(0, len(prompts), self.batch_size):
-                out.extend(self._generate_chunk(agent, prompts[start : start + self.batch_size], sampling))
+        model = self.models[agent]
+        out = generate_in_chunks(model, prompts, self.batch_size, seed, lambda chunk: generate_messages(
+            model, chunk, self.pad_ids[agent], self.eos_ids[agent], sampling,
+            min_new_tokens=sampling.max_new_tokens if self.fixed_length else None))
         self.counter.add(agent, len(prompts), sum(len(g.token_ids) for g in out))
         return out
-
-    @torch.no_grad()
-    def _generate_chunk(self, agent: int, prompts: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
-        model = self.models[agent]
-        device = next(model.parameters()).device
-        pad = self.pad_ids[agent]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):  # left padding
-            input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            attention[i, width - len(p) :] = 1
-        warper = _RecordingWarper(sampling.temperature, sampling.top_p)
-        config = self._generation_config(
-            do_sample=True,
-            max_new_tokens=sampling.max_new_tokens,
-            min_new_tokens=sampling.max_new_tokens if self.fixed_length else None,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=0,
-            eos_token_id=self.eos_ids[agent],
-            pad_token_id=pad,
-        )
-        was_training = model.training
-        model.eval()
-        try:
-            sequences = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                generation_config=config,
-                logits_processor=[warper],
-            )
-        finally:
-            model.train(was_training)
-        new = sequences[:, width:].cpu()
-        logp = warper.finish(sequences[:, -1]).cpu()
-        if logp.shape != new.shape:
-            raise RuntimeError(f"HFBackend: recorded {tuple(logp.shape)} log-probs for {tuple(new.shape)} tokens")
-        eos = set(self.eos_ids[agent])
-        gens = []
-        for i in range(len(prompts)):
-            ids = new[i].tolist()
-            length, reason = len(ids), "length"
-            for u, t in enumerate(ids):
-                if t in eos:
-                    length, reason = u + 1, "stop"
-                    break
-            gens.append(Generation(ids[:length], logp[i, :length].tolist(), reason))
-        return gens
 
     def update_weights(self, agent: int, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """No-op: the backend generates with the trainer's own model objects."""

