@@ -1,4 +1,4 @@
-"""Device-memory budget of a team whose agents train next to their vLLM engines (pure; no vLLM).
+"""Device-memory budget of a team whose agents train next to their vLLM engines (no vLLM needed).
 
 The check runs before any model or engine is loaded and covers every configuration: engines with
 their own memory fraction each (``gpu_memory_utilization``) or an explicit KV cache, engines that
@@ -35,6 +35,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
+
+import torch
 
 GIB = 1 << 30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -191,3 +193,30 @@ def check_memory_budget(agents: Sequence[AgentMemory], device_bytes: Mapping[str
             fits(f"while agent {a.name!r} updates", {**resident, **update, **idle_engines}, hint)
     return usage
 
+
+
+def training_memory_of(model: torch.nn.Module, trust_region: bool = True, reference: str = "none",
+                       activation_gib: float = 0.0) -> TrainingMemory:
+    """The :class:`TrainingMemory` of a loaded (or meta-device) model: its parameter counts and dtype."""
+    params = {id(p): p for p in model.parameters()}  # a tied tensor once
+    total = sum(p.numel() for p in params.values())
+    trainable = sum(p.numel() for p in params.values() if p.requires_grad)
+    dtype = str(next(iter(params.values())).dtype).replace("torch.", "")
+    return TrainingMemory(params=total, trainable=trainable, dtype=dtype if dtype in DTYPE_BYTES else "float32",
+                          trust_region=trust_region, reference=reference, activation_gib=activation_gib)
+
+
+def count_parameters(model_dir: str, lora_r: int | None = None, lora_targets: Sequence[str] = ()) -> tuple[int, int]:
+    """``(parameters, trainable)`` of a model directory without loading its weights (built on the
+    meta device from its config.json; LoRA: ``r * (in + out)`` per targeted linear layer)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    if lora_r is None:
+        return total, total
+    adapters = sum(lora_r * (m.in_features + m.out_features) for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and name.rpartition(".")[2] in set(lora_targets))
+    return total + adapters, adapters
