@@ -1,6 +1,6 @@
 """Team-size scaling of the surrogate penalty (THEORY.md sections 2-4; TeamTR Table 5's contrast).
 
-    python -m experiments.scaling_sweep            # full sweep (10 N x 4 families x 3 delta x 20 seeds)
+    python -m experiments.scaling_sweep            # full sweep (12 N = 2..64 x 7 families x 3 delta x 20 seeds)
     python -m experiments.scaling_sweep --quick    # < 1 minute smoke version
 
 For every family of ``occupancy.families``, team size N, radius delta and seed: one stage of exact
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import os
 import sys
 import time
@@ -36,10 +35,9 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm import tqdm
 
 from experiments.common import (
-    bootstrap_power_fit, cli_overrides, cpu_seconds, results_dir, save_run_metadata, write_csv, write_json,
+    bootstrap_power_fit, cli_overrides, cpu_seconds, limit_blas_threads, results_dir, run_pool, save_run_metadata, write_csv, write_json,
 )
 from occupancy import bounds as B
 from occupancy import families
@@ -80,7 +78,7 @@ class SweepConfig:
     """
 
     families: tuple[str, ...] = ("layered", "board", "vote", "chain", "agree", "agree_pair", "crowd")
-    n_agents: tuple[int, ...] = (2, 3, 4, 5, 6, 8, 12, 16, 24, 32)
+    n_agents: tuple[int, ...] = (2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)
     deltas: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
     seeds: int = 20
     rounds: int = 2
@@ -177,16 +175,16 @@ def run_instance(job: tuple[SweepConfig, str, int, int]) -> list[dict]:
     for delta in cfg.deltas:
         stages = {}
         evals: list = []
-        new, _ = trust_region_stage(mdp, pi, order, delta, weighting="agent", method="sparse", evaluations=evals)
-        shared = evaluate_stage(mdp, pi, order, new, method="sparse", evaluations=evals)
+        new, _ = trust_region_stage(mdp, pi, order, delta, weighting="agent", evaluations=evals)
+        shared = evaluate_stage(mdp, pi, order, new, evaluations=evals)
         kls0 = {"shared": _kl0_from(mdp, pi, order, new, evals[0].d)}
         for mode in MODES:
             if cfg.updates == "own" and mode != "seq":
                 direction = "intermediate" if mode == "stale_occ" else "stage_start"
                 ev_m: list = []
-                new_m, _ = trust_region_stage(mdp, pi, order, delta, weighting="agent", method="sparse",
+                new_m, _ = trust_region_stage(mdp, pi, order, delta, weighting="agent",
                                               direction=direction, radius_occupancy="stage_start", evaluations=ev_m)
-                stages[mode] = evaluate_stage(mdp, pi, order, new_m, method="sparse", evaluations=ev_m)
+                stages[mode] = evaluate_stage(mdp, pi, order, new_m, evaluations=ev_m)
                 kls0[mode] = _kl0_from(mdp, pi, order, new_m, ev_m[0].d)
             else:
                 stages[mode] = shared
@@ -304,15 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     cpu0 = cpu_seconds()
     records: list[dict] = []
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    pool = multiprocessing.get_context("fork").Pool(cfg.workers) if cfg.workers > 1 else None
-    results = pool.imap_unordered(run_instance, jobs, chunksize=1) if pool else map(run_instance, jobs)
-    try:
-        for recs in tqdm(results, total=len(jobs), desc="stages", mininterval=1.0, file=sys.stderr):
-            records.extend(recs)
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
+    limit_blas_threads(1)  # the workers fork from here: one BLAS thread each
+    for recs in run_pool(run_instance, jobs, workers=cfg.workers, desc="stages"):
+        records.extend(recs)
     elapsed = time.time() - start
     cpu = cpu_seconds() - cpu0
     records.sort(key=lambda r: (r["family"], r["mode"], r["delta"], r["N"], r["seed"]))

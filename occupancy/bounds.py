@@ -61,6 +61,8 @@ class BoundCheck:
     - ``slack``: truth - bound (lower bounds) or bound - truth (upper and two-sided bounds).
     - ``tightness``: used penalty / penalty (see module docstring); nan when penalty = 0.
     - ``kl`` and ``scale``: the conventions used.
+    - ``magnitude``: the largest |V|, |Q| or |J| the truth and the surrogate were computed from (their
+      rounding error is a few ulp of it, however small they are themselves); 0 if unknown.
     """
 
     name: str
@@ -72,10 +74,13 @@ class BoundCheck:
     tightness: float
     kl: str
     scale: str
+    magnitude: float = 0.0
 
     def violated(self, tol: float = FLOAT_TOL) -> bool:
-        """True if the slack is negative beyond floating-point tolerance."""
-        mag = max(1.0, abs(self.truth), abs(self.bound), abs(self.surrogate), abs(self.penalty))
+        """True if the slack is negative beyond floating-point tolerance: ``tol`` times the largest
+        magnitude involved (truth, bound, surrogate, penalty and the values they were computed from,
+        e.g. J ~ 1e7 at rewards ~ 1e6, where a difference of two J's carries an error ~ 1e-9)."""
+        mag = max(1.0, abs(self.truth), abs(self.bound), abs(self.surrogate), abs(self.penalty), abs(self.magnitude))
         return self.slack < -tol * mag
 
 
@@ -118,11 +123,18 @@ def _cterm(c: float, root: float) -> float:
     return 0.0 if c == 0.0 else c * root
 
 
-def _lower(name: str, truth: float, surrogate: float, penalty: float, kl: str, scale: str) -> BoundCheck:
+def _lower(name: str, truth: float, surrogate: float, penalty: float, kl: str, scale: str,
+           magnitude: float = 0.0) -> BoundCheck:
     bound = surrogate - penalty
     used = surrogate - truth
-    tight = used / penalty if penalty > 0 else (math.nan if abs(used) <= FLOAT_TOL else math.copysign(math.inf, used))
-    return BoundCheck(name, truth, bound, surrogate, penalty, truth - bound, tight, kl, scale)
+    noise = FLOAT_TOL * max(1.0, abs(magnitude))
+    tight = used / penalty if penalty > 0 else (math.nan if abs(used) <= noise else math.copysign(math.inf, used))
+    return BoundCheck(name, truth, bound, surrogate, penalty, truth - bound, tight, kl, scale, float(magnitude))
+
+
+def _stage_magnitude(stage: StageEvaluation) -> float:
+    """The largest value magnitude of a stage (J's and every update's value_scale)."""
+    return max([abs(stage.J_start), abs(stage.J_end)] + [float(u.value_scale) for u in stage.updates])
 
 
 def _label(kl: KL) -> str:
@@ -146,7 +158,7 @@ def per_update_bound(u: UpdateEvaluation, gamma: float, kl: KL = "reverse", scal
     """
     c = penalty_constant(gamma, update_scale(u, scale))
     pen = _cterm(c, math.sqrt(update_delta(u, kl)))
-    return _lower(f"{_label(kl)}_per_update", u.improvement, u.L_seq, pen, kl, scale)
+    return _lower(f"{_label(kl)}_per_update", u.improvement, u.L_seq, pen, kl, scale, u.value_scale)
 
 
 def per_stage_bound(stage: StageEvaluation, gamma: float, kl: KL = "reverse", scale: Scale = "a_max") -> BoundCheck:
@@ -159,7 +171,7 @@ def per_stage_bound(stage: StageEvaluation, gamma: float, kl: KL = "reverse", sc
     """
     pen = sum(_cterm(penalty_constant(gamma, update_scale(u, scale)), math.sqrt(update_delta(u, kl))) for u in stage.updates)
     sur = sum(u.L_seq for u in stage.updates)
-    return _lower(f"{_label(kl)}_per_stage", stage.J_end - stage.J_start, sur, pen, kl, scale)
+    return _lower(f"{_label(kl)}_per_stage", stage.J_end - stage.J_start, sur, pen, kl, scale, _stage_magnitude(stage))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,8 +198,9 @@ def stale_surrogate_bound(
     c = penalty_constant(gamma, update_scale(u, scale))
     pen = _cterm(c, sum(math.sqrt(update_delta(v, kl)) for v in stage.updates[: i - 1]))
     diff = abs(u.L_seq - u.L_stale_occ)
-    tight = diff / pen if pen > 0 else (math.nan if diff <= FLOAT_TOL else math.inf)
-    return BoundCheck(f"{_label(kl)}_prop3.3", diff, pen, 0.0, pen, pen - diff, tight, kl, scale)
+    mag = _stage_magnitude(stage)
+    tight = diff / pen if pen > 0 else (math.nan if diff <= FLOAT_TOL * max(1.0, mag) else math.inf)
+    return BoundCheck(f"{_label(kl)}_prop3.3", diff, pen, 0.0, pen, pen - diff, tight, kl, scale, mag)
 
 
 def stale_penalty_sharp(stage: StageEvaluation, gamma: float, kl: KL = "reverse", scale: Scale = "a_max") -> float:
@@ -230,7 +243,7 @@ def stale_stage_bound(
     else:
         raise ValueError(f"form must be 'sharp' or 'paper', got {form!r}")
     sur = sum(u.L_stale_occ for u in stage.updates)
-    return _lower(f"{_label(kl)}_stale_{form}", stage.J_end - stage.J_start, sur, pen, kl, scale)
+    return _lower(f"{_label(kl)}_stale_{form}", stage.J_end - stage.J_start, sur, pen, kl, scale, _stage_magnitude(stage))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,8 +257,10 @@ def sat_upper_bound(u: UpdateEvaluation, gamma: float) -> BoundCheck:
     truth / bound (<= 1 iff it holds).
     """
     bound = _cterm(float(u.a_max) / (1.0 - gamma), math.sqrt(2.0 * update_delta(u, "forward_max")))
-    tight = u.improvement / bound if bound > 0 else (math.nan if abs(u.improvement) <= FLOAT_TOL else math.inf)
-    return BoundCheck("sat_upper", u.improvement, bound, 0.0, bound, bound - u.improvement, tight, "forward_max", "a_max")
+    noise = FLOAT_TOL * max(1.0, float(u.value_scale))
+    tight = u.improvement / bound if bound > 0 else (math.nan if abs(u.improvement) <= noise else math.inf)
+    return BoundCheck("sat_upper", u.improvement, bound, 0.0, bound, bound - u.improvement, tight, "forward_max", "a_max",
+                      float(u.value_scale))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +314,7 @@ def per_update_bound_chain(u: UpdateEvaluation, gamma: float, kl: KL = "reverse"
     SAT's forward per-state maximum (``kl="forward_max"``); ``reverse_agent`` is also valid (larger).
     """
     pen = _cterm(float(update_scale(u, scale)) / (1.0 - gamma), _chain_shift(gamma, update_delta(u, kl)))
-    return _lower(f"chain_per_update", u.improvement, u.L_seq, pen, kl, scale)
+    return _lower("chain_per_update", u.improvement, u.L_seq, pen, kl, scale, u.value_scale)
 
 
 def _stale_kl(stage: StageEvaluation, i: int, kl: KL, kl0: Sequence[float] | None) -> float:
@@ -327,8 +342,9 @@ def stale_surrogate_bound_chain(
     u = stage.updates[i - 1]
     pen = _cterm(float(update_scale(u, scale)) / (1.0 - gamma), _chain_shift(gamma, _stale_kl(stage, i, kl, kl0)))
     diff = abs(u.L_seq - u.L_stale_occ)
-    tight = diff / pen if pen > 0 else (math.nan if diff <= FLOAT_TOL else math.inf)
-    return BoundCheck("chain_stale_surrogate", diff, pen, 0.0, pen, pen - diff, tight, kl, scale)
+    mag = _stage_magnitude(stage)
+    tight = diff / pen if pen > 0 else (math.nan if diff <= FLOAT_TOL * max(1.0, mag) else math.inf)
+    return BoundCheck("chain_stale_surrogate", diff, pen, 0.0, pen, pen - diff, tight, kl, scale, mag)
 
 
 def stale_penalty_chain(
@@ -351,7 +367,7 @@ def stale_stage_bound_chain(
     J(bar_pi) - J(pi_cur) >= sum_i L_i^stale - :func:`stale_penalty_chain`."""
     pen = stale_penalty_chain(stage, gamma, kl, scale, kl0)
     sur = sum(u.L_stale_occ for u in stage.updates)
-    return _lower("chain_stale_stage", stage.J_end - stage.J_start, sur, pen, kl, scale)
+    return _lower("chain_stale_stage", stage.J_end - stage.J_start, sur, pen, kl, scale, _stage_magnitude(stage))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -246,3 +246,40 @@ def test_zero_gamma_is_exact() -> None:
     for u in stage.updates:
         assert u.improvement == pytest.approx(u.L_seq, abs=1e-12)
         assert B.per_update_bound(u, 0.0).penalty == 0.0
+
+
+def _large_reward_stage(scale: float, seed: int):
+    """A stage whose updates change nothing (KL = 0, penalty 0) on an instance with rewards ~ scale."""
+    rng = np.random.default_rng(seed)
+    base = random_team_mdp(rng, 2, 6, 3, 0.95, p_terminal=0.0)
+    rewards = np.where(base.terminal[:, None], 0.0, (np.asarray(base.rewards) + 1.0) * scale)
+    mdp = type(base)(base.transitions, rewards, base.router, base.initial, base.gamma,
+                     n_agents=base.n_agents, terminal=base.terminal)
+    pi = random_policy(mdp, rng, 1.0)
+    stage = evaluate_stage(mdp, pi, [0, 1], [pi, pi])
+    return stage, B.all_bounds(stage, mdp.gamma, kl0=B.stage_start_kls(mdp, pi, [0, 1], [pi, pi]))
+
+
+def test_violation_tolerance_scales_with_the_values_involved():
+    """Rewards ~ 1e6 (J ~ 4e7): the surrogate of a no-op update is rounding noise of order 1e-9 * |J|,
+    which the old tolerance (truth, bound, surrogate, penalty only) called a violation."""
+    flagged_by_old_rule = 0
+    for seed in range(20):
+        stage, checks = _large_reward_stage(1e6, seed)
+        assert abs(stage.J_start) > 1e7
+        for c in checks:
+            assert not c.violated(), c
+            assert c.magnitude >= abs(stage.J_start) * 0.5
+            old_mag = max(1.0, abs(c.truth), abs(c.bound), abs(c.surrogate), abs(c.penalty))
+            flagged_by_old_rule += c.slack < -B.FLOAT_TOL * old_mag
+    assert flagged_by_old_rule > 0, "the instances no longer exercise the tolerance"
+
+
+def test_violation_tolerance_still_flags_real_violations():
+    c = B.BoundCheck("x", truth=-1e-2 * 4e7, bound=0.0, surrogate=0.0, penalty=0.0, slack=-1e-2 * 4e7,
+                     tightness=math.inf, kl="reverse", scale="a_max", magnitude=4e7)
+    assert c.violated()
+    ok = B.BoundCheck("x", truth=-1e-3, bound=0.0, surrogate=0.0, penalty=0.0, slack=-1e-3, tightness=math.inf,
+                      kl="reverse", scale="a_max", magnitude=4e7)
+    assert not ok.violated()
+    assert B.BoundCheck("x", -1e-3, 0.0, 0.0, 0.0, -1e-3, math.inf, "reverse", "a_max").violated()
