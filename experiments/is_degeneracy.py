@@ -22,15 +22,13 @@ Writes results/is_degeneracy/{records.csv, summary.csv, summary.json, config.jso
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
-from experiments.common import cli_overrides, cpu_seconds, results_dir, save_run_metadata, write_csv, write_json
+from experiments.common import cli_overrides, cpu_seconds, results_dir, run_pool, save_run_metadata, write_csv, write_json
 
 IS_MODES = ("stale_is", "stale_happo")
 
@@ -177,15 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     cpu0 = cpu_seconds()
     records: list[dict] = []
-    pool = multiprocessing.get_context("fork").Pool(cfg.workers) if cfg.workers > 1 else None
-    results = pool.imap_unordered(run_instance, jobs) if pool else map(run_instance, jobs)
-    try:
-        for recs in tqdm(results, total=len(jobs), desc="instances", mininterval=1.0, file=sys.stderr):
-            records.extend(recs)
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
+    for recs in run_pool(run_instance, jobs, workers=cfg.workers, desc="instances"):
+        records.extend(recs)
     elapsed = time.time() - start
     cpu = cpu_seconds() - cpu0
     records.sort(key=lambda r: (r["family"], r["mode"], r["delta"], r["N"], r["step"], r["seed"]))

@@ -47,12 +47,12 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
-from experiments.common import cli_overrides, results_dir, save_run_metadata, write_csv, write_json
+from experiments.common import cli_overrides, results_dir, run_pool, save_run_metadata, write_csv, write_json
 from occupancy import bounds as B
 from occupancy.exact import Evaluation, evaluate, evaluate_stage, kl_rows, update_kl
 from occupancy.mdp import TeamMDP
@@ -485,8 +485,7 @@ def run(cfg: PnPTabularConfig, progress: bool = True) -> dict:
     seeds = list(range(cfg.seed0, cfg.seed0 + cfg.seeds))
     start = time.time()
     records, curves, bounds = [], [], []
-    for seed in tqdm(seeds, desc="seeds", disable=not progress, file=sys.stderr):
-        r, c, b = run_seed(cfg, seed)
+    for r, c, b in run_pool(partial(run_seed, cfg), seeds, workers=1, desc="seeds", ordered=True, progress=progress):
         records += r
         curves += c
         bounds += b

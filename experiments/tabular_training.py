@@ -52,15 +52,13 @@ import argparse
 import hashlib
 import json
 import math
-import multiprocessing
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from experiments import common
 from occupancy.exact import optimal_J  # noqa: F401  (moved to occupancy.exact; re-exported)
@@ -75,6 +73,7 @@ MODE_SPECS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "joint": ({"mode": "joint"}, {}),
     "resample_every_2": ({"mode": "resample_every_k", "resample_every": 2}, {}),
     "no_tr": ({"mode": "intermediate"}, {"delta": math.inf}),
+    "token_matched": ({"mode": "token_matched"}, {}),
 }
 MODE_LABELS = {
     "intermediate": "intermediate (TeamTR)",
@@ -85,7 +84,11 @@ MODE_LABELS = {
     "joint": "joint",
     "resample_every_2": "resample every 2",
     "no_tr": "no trust region (δ=∞)",
+    "token_matched": "token-matched intermediate",
 }
+#: the modes of the original study (Table 2(b)); the default of StudyConfig.modes
+TABLE_MODES = ("intermediate", "intermediate_prefix", "stale", "stale_is", "stale_happo", "joint",
+               "resample_every_2", "no_tr")
 REFERENCE_MODE = "intermediate"
 #: a stage "regresses" when its exact J falls by more than this (floating-point noise is ~1e-15)
 REGRESSION_TOL = 1e-12
@@ -95,20 +98,23 @@ REGRESSION_TOL = 1e-12
 class StudyConfig:
     """The study's settings (validated).
 
-    - ``families`` (names of ``occupancy.families.FAMILIES``), ``n_agents`` (team sizes N),
+    - ``families`` (names of ``occupancy.families.FAMILY_NAMES``), ``n_agents`` (team sizes N),
       ``modes`` (keys of :data:`MODE_SPECS`), ``seeds`` (number; seeds ``seed0 ..``).
     - ``stages`` per run; ``prompts`` per stage and ``group_size`` G trajectories per prompt.
     - instance: ``rounds``, ``gamma`` (per turn; also the certificate's gamma), ``instance_seed``,
       initial-policy ``temperature``.
     - update: Adam ``lr``, ``epochs`` passes per update with ``minibatch_size`` messages per step
-      (None: full batch), radius ``delta`` (reverse k1 KL per message, mean over messages,
-      TeamTR's monitor), ``a_clip`` (advantage clip, also the certificate's A_max).
+      (None: full batch), radius ``delta`` (reverse KL per message, mean over messages, TeamTR's
+      monitor), ``monitor`` (the monitor's estimator, ``UpdateConfig.monitor_estimator``: "exact" =
+      the exact per-context KL, or "k1" / "k2" / "k3"; None: the core's default), ``a_clip``
+      (advantage clip, also the certificate's A_max).
+    - ``order``: update order per stage (``StageConfig.order``: "fixed" 0..N-1, "reversed", "random").
     - ``token_grid`` points of the equal-tokens grid; ``workers`` processes; ``out`` results dir.
     """
 
     families: tuple[str, ...] = ("board", "vote", "chain")
     n_agents: tuple[int, ...] = (2, 4, 8)
-    modes: tuple[str, ...] = tuple(MODE_SPECS)
+    modes: tuple[str, ...] = TABLE_MODES
     seeds: int = 10
     seed0: int = 0
     stages: int = 12
@@ -122,19 +128,21 @@ class StudyConfig:
     epochs: int = 4
     minibatch_size: int | None = None
     delta: float = 0.01
+    monitor: str | None = "k1"
+    order: str = "fixed"
     a_clip: float = 5.0
     token_grid: int = 41
     workers: int = 2
     out: str = "tabular_training"
 
     def __post_init__(self) -> None:
-        from occupancy.families import FAMILIES
+        from occupancy.families import FAMILY_NAMES
 
         for name in ("families", "n_agents", "modes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        bad = [f for f in self.families if f not in FAMILIES]
+        bad = [f for f in self.families if f not in FAMILY_NAMES]
         if not self.families or bad:
-            raise ValueError(f"StudyConfig.families must be non-empty names from {FAMILIES}, got {self.families}")
+            raise ValueError(f"StudyConfig.families must be non-empty names from {FAMILY_NAMES}, got {self.families}")
         if not self.n_agents or min(self.n_agents) < 1:
             raise ValueError(f"StudyConfig.n_agents must be non-empty integers >= 1, got {self.n_agents}")
         bad = [m for m in self.modes if m not in MODE_SPECS]
@@ -155,6 +163,10 @@ class StudyConfig:
             raise ValueError("StudyConfig.temperature, lr and a_clip must be > 0 (a_clip finite)")
         if not (self.delta > 0 and math.isfinite(self.delta)):
             raise ValueError(f"StudyConfig.delta must be finite and > 0 (no_tr sets inf itself), got {self.delta}")
+        if self.order not in ("fixed", "reversed", "random"):
+            raise ValueError(f"StudyConfig.order must be 'fixed', 'reversed' or 'random', got {self.order!r}")
+        if self.monitor is not None and self.monitor not in ("exact", "k1", "k2", "k3"):
+            raise ValueError(f"StudyConfig.monitor must be 'exact', 'k1', 'k2', 'k3' or None, got {self.monitor!r}")
         if not (isinstance(self.token_grid, int) and self.token_grid >= 2):
             raise ValueError(f"StudyConfig.token_grid must be an int >= 2, got {self.token_grid!r}")
 
@@ -163,7 +175,14 @@ class StudyConfig:
         so a rerun with more seeds or modes reuses finished runs."""
         keep = {k: v for k, v in asdict(self).items()
                 if k not in ("families", "n_agents", "modes", "seeds", "seed0", "workers", "out", "token_grid")}
+        keep["monitor"] = self.monitor_used()
         return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
+
+    def monitor_used(self) -> str:
+        """The monitor estimator the updates use (``monitor``, or the core's default when None)."""
+        from trust_region import UpdateConfig
+
+        return self.monitor if self.monitor is not None else str(UpdateConfig().monitor_estimator)
 
 
 FULL: dict[str, Any] = {}
@@ -242,12 +261,13 @@ def stage_config(cfg: StudyConfig, mode: str) -> "Any":
     from trust_region import AdvantageConfig, CertificateConfig, StageConfig, UpdateConfig
 
     stage_fields, update_over = MODE_SPECS[mode]
-    upd = dict(delta=cfg.delta, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size)
+    upd = dict(delta=cfg.delta, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size, monitor_estimator=cfg.monitor_used())
     upd.update(update_over)
     if math.isinf(upd["delta"]):
         upd["kl_target"] = cfg.delta  # the adaptive-beta target stays the other modes' radius
     return StageConfig(
         **stage_fields,
+        order=cfg.order,
         prompts_per_stage=cfg.prompts,
         group_size=cfg.group_size,
         advantage=AdvantageConfig(a_clip=cfg.a_clip),
@@ -286,11 +306,13 @@ def run_one(job: tuple[StudyConfig, str, int, str, int]) -> dict[str, Any]:
                                             "kl_monitor", "certificate", "surrogate", "kl_term", "n_rejected",
                                             "n_messages")}
     stages: dict[str, list] = {k: [] for k in ("tokens", "trajectories", "sample_calls", "resample_calls",
-                                               "certificate", "certificate_hp", "surrogate")}
+                                               "certificate", "certificate_hp", "surrogate")
+                                     + STAGE_PENALTY_KEYS}
     betas = None
     for s in range(cfg.stages):
         start = {"pi": team_table(mdp, team), "ev": ev}
         prev = dict(start)
+        chain = [ev]  # exact evaluations of hat_pi^0, hat_pi^1, ... (the teams after each update)
 
         def on_update(progress: Any) -> None:
             i = progress.next_index - 1
@@ -326,6 +348,7 @@ def run_one(job: tuple[StudyConfig, str, int, str, int]) -> dict[str, Any]:
             upd["n_rejected"].append(rep.n_rejected)
             upd["n_messages"].append(rep.n_messages)
             prev["pi"], prev["ev"] = pi_now, ev_now
+            chain.append(ev_now)
 
         rep = run_stage(team, opts, sampler, sampler.draw_prompts, scfg, rng, betas=betas, stage=s, on_update=on_update)
         betas = rep.betas
@@ -338,9 +361,38 @@ def run_one(job: tuple[StudyConfig, str, int, str, int]) -> dict[str, Any]:
         for key, name in (("certificate", "sum_certificate"), ("certificate_hp", "sum_certificate_hp"),
                           ("surrogate", "sum_surrogate")):
             stages[key].append(rep.certificate.get(name, math.nan))
+        for key, val in stage_penalties(mdp, start["pi"], rep.order, team_table(mdp, team), chain).items():
+            stages[key].append(val)
     return {
         "family": family, "N": n, "mode": mode, "seed": seed, "run_hash": cfg.run_hash(),
+        "delta": cfg.delta, "rounds": cfg.rounds, "order": cfg.order, "monitor": cfg.monitor_used(),
         "n_states": mdp.n_states, "J": J, "stages": stages, "updates": upd, "elapsed_s": time.time() - t0,
+    }
+
+
+#: per-stage exact penalties recorded by :func:`stage_penalties`
+STAGE_PENALTY_KEYS = ("penalty_seq", "penalty_stale_occ", "penalty_stale_batch", "gap_stale_batch",
+                      "abs_penalty_stale_batch")
+
+
+def stage_penalties(mdp: Any, pi_start: np.ndarray, order: Sequence[int], pi_end: np.ndarray,
+                    evaluations: Sequence[Any]) -> dict[str, float]:
+    """Exact penalties of the stage actually taken (THEORY section 2, as in the scaling sweep):
+    with hat_pi^0 = ``pi_start`` (S, A), the stage's new agent policies read from ``pi_end`` (S, A)
+    and ``evaluations`` of hat_pi^0..hat_pi^N (the teams after each update, reused),
+    |sum_i Gap_i| for the intermediate surrogate ("seq"), the stale occupancy and the stale batch,
+    the signed stale-batch gap sum_i (improvement_i - L_i^stale_batch) and sum_i |Gap_i|.
+    NaN when the stage did not report one evaluation per update."""
+    from occupancy.exact import evaluate_stage
+
+    if len(evaluations) != len(order) + 1:
+        return {k: math.nan for k in STAGE_PENALTY_KEYS}
+    st = evaluate_stage(mdp, pi_start, order, [pi_end] * mdp.n_agents, evaluations=evaluations)
+    return {
+        "penalty_seq": st.penalty("seq"), "penalty_stale_occ": st.penalty("stale_occ"),
+        "penalty_stale_batch": st.penalty("stale_batch"),
+        "gap_stale_batch": float(sum(u.gap("stale_batch") for u in st.updates)),
+        "abs_penalty_stale_batch": st.abs_penalty("stale_batch"),
     }
 
 
@@ -526,18 +578,11 @@ def run_study(cfg: StudyConfig, fresh: bool = False) -> tuple[list[dict], list[d
           file=sys.stderr)
     start = time.time()
     records = [done[k] for k in wanted if k in done]
-    pool = multiprocessing.get_context("fork").Pool(cfg.workers) if cfg.workers > 1 and len(todo) > 1 else None
-    results = pool.imap_unordered(run_one, todo) if pool else map(run_one, todo)
-    try:
-        with open(runs_path, "a") as fh:
-            for rec in tqdm(results, total=len(todo), desc="runs", mininterval=1.0, file=sys.stderr):
-                fh.write(json.dumps(common.to_jsonable(rec)) + "\n")
-                fh.flush()
-                records.append(rec)
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
+    with open(runs_path, "a") as fh:
+        for rec in common.run_pool(run_one, todo, workers=cfg.workers, desc="runs"):
+            fh.write(json.dumps(common.to_jsonable(rec)) + "\n")
+            fh.flush()
+            records.append(rec)
     elapsed = time.time() - start
     j_opt = {(f, n): optimal_J(make_family(f, n, seed=cfg.instance_seed, rounds=cfg.rounds, gamma=cfg.gamma))
              for f in cfg.families for n in cfg.n_agents}
@@ -568,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, typ in (("seeds", int), ("stages", int), ("prompts", int), ("group-size", int), ("epochs", int),
                       ("lr", float), ("delta", float), ("workers", int), ("rounds", int), ("gamma", float)):
         parser.add_argument(f"--{name}", type=typ)
+    parser.add_argument("--order", choices=["fixed", "reversed", "random"])
+    parser.add_argument("--monitor", choices=["exact", "k1", "k2", "k3"])
     parser.add_argument("--out")
     parser.add_argument("--fresh", action="store_true", help="ignore and delete an existing runs.jsonl")
     args = parser.parse_args(argv)
@@ -575,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("families", "n_agents", "modes"):
         if getattr(args, name) is not None:
             kwargs[name] = tuple(getattr(args, name))
-    for name in ("seeds", "stages", "prompts", "group_size", "epochs", "lr", "delta", "workers", "rounds", "gamma", "out"):
+    for name in ("seeds", "stages", "prompts", "group_size", "epochs", "lr", "delta", "workers", "rounds", "gamma", "order", "monitor", "out"):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
     cfg = StudyConfig(**kwargs)

@@ -13,8 +13,6 @@ from occupancy.exact import evaluate, kl_rows
 from occupancy.families import initial_policy, make_family
 from occupancy.projection import geometric_projection
 
-from trust_region_toy import single_thread  # noqa: F401  (autouse fixture)
-
 
 def _policy(rng: np.random.Generator, s: int, a: int, temp: float = 1.0) -> np.ndarray:
     z = rng.normal(size=(s, a)) / temp

@@ -12,8 +12,6 @@ import pytest
 from experiments import common
 from experiments import tabular_training as tt
 
-from trust_region_toy import single_thread  # noqa: F401  (autouse fixture)
-
 
 def test_regressions_counted_on_hand_built_sequence():
     J = [0.0, 0.1, 0.05, 0.05, 0.2, 0.2 - 1e-14, 0.3, 0.25]
