@@ -11,6 +11,7 @@ Entry points: :func:`trust_region.stage.run_stage` (one stage, any mode) and
 from trust_region.advantage import AdvantageConfig, Advantages, compute_advantages
 from trust_region.batch import MessageBatch
 from trust_region.certificate import CertificateConfig, CertificateTerms
+from trust_region.interfaces import AgentPolicy, ExactKLPolicy, Sampler, supports_exact_kl
 from trust_region.stage import (
     MODES,
     ORDERS,
@@ -25,6 +26,10 @@ from trust_region.stage import (
 from trust_region.update import UpdateConfig, UpdateReport, update_agent
 
 __all__ = [
+    "AgentPolicy",
+    "ExactKLPolicy",
+    "Sampler",
+    "supports_exact_kl",
     "MessageBatch",
     "AdvantageConfig",
     "Advantages",
