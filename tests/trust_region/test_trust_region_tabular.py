@@ -14,7 +14,7 @@ from occupancy.policy import TabularAgent, make_tabular_team, team_table
 from occupancy.sampling import TabularSampler
 from trust_region.advantage import AdvantageConfig, compute_advantages
 from trust_region.kl import message_kl
-from trust_region.protocols import AgentPolicy
+from trust_region.interfaces import AgentPolicy
 from trust_region.stage import StageConfig, run_stage
 from trust_region.update import UpdateConfig, eval_log_probs, update_agent
 
@@ -94,3 +94,24 @@ def test_run_stage_trains_a_tabular_team(mode, prefix, make_team):
         assert rep.sample_calls == (1 if prefix or mode == "stale_is" else 3)
     j1 = evaluate(mdp, team_table(mdp, team)).J
     assert j1 > j0 + 0.1, (j0, j1)
+
+
+def test_protocols_alias_and_old_estimator_names_still_import():
+    import trust_region.advantage as adv
+    import trust_region.interfaces as interfaces
+    import trust_region.kl as kl
+    import trust_region.protocols as protocols
+
+    assert protocols.AgentPolicy is interfaces.AgentPolicy and protocols.Sampler is interfaces.Sampler
+    assert kl.ESTIMATORS == kl.KL_ESTIMATORS == ("k1", "k2", "k3")
+    assert adv.ESTIMATORS == adv.ADVANTAGE_ESTIMATORS == ("group", "gae")
+
+
+def test_every_core_config_field_has_help():
+    from dataclasses import fields
+
+    from trust_region.certificate import CertificateConfig
+
+    for cls in (StageConfig, UpdateConfig, AdvantageConfig, CertificateConfig):
+        for f in fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
