@@ -21,7 +21,7 @@ import types
 from typing import Any, Iterator, Literal, Mapping, Union, get_args, get_origin, get_type_hints
 
 from llm.config.errors import ConfigError, FieldError
-from llm.config.fields import help_text
+from llm.config.fields import help_text, rule_text
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|infinity)$", re.IGNORECASE)
 _HINTS: dict[type, dict[str, Any]] = {}
@@ -237,7 +237,10 @@ def _default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         value = f.default_factory()
         return None if dataclasses.is_dataclass(value) else value
-    return "required"
+    return _REQUIRED
+
+
+_REQUIRED = object()
 
 
 def _section_type(tp: Any) -> tuple[type | None, str]:
@@ -255,9 +258,8 @@ def _section_type(tp: Any) -> tuple[type | None, str]:
 
 def describe_keys(cls: type, prefix: str = "") -> Iterator[tuple[str, str, str]]:
     """(dotted key, "type, default", help) for every key of ``cls``, nested sections recursively."""
-    hints = type_hints(cls)
     for key, (f, parent) in yaml_keys(cls).items():
-        owner = hints[parent.name] if parent is not None else cls
+        owner = type_hints(cls)[parent.name] if parent is not None else cls
         tp = type_hints(owner)[f.name]
         path = f"{prefix}{key}"
         sub, suffix = _section_type(tp)
@@ -265,8 +267,11 @@ def describe_keys(cls: type, prefix: str = "") -> Iterator[tuple[str, str, str]]
             yield path + suffix, "section", help_text(owner, f)
             yield from describe_keys(sub, f"{path}{suffix}.")
         else:
-            yield path, f"{describe(tp)}, default {_default(f)!r}", help_text(owner, f)
-    del hints
+            rule = rule_text(f)
+            default = _default(f)
+            kind = describe(tp) + (f", {rule}" if rule else "")
+            kind += ", required" if default is _REQUIRED else f", default {default!r}"
+            yield path, kind, help_text(owner, f)
 
 
 def help_epilog(cls: type, title: str, docs: str) -> str:
