@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize
-from tqdm import tqdm
 
-from experiments.common import cpu_seconds, results_dir, save_run_metadata, write_csv, write_json
+from experiments.common import (
+    cpu_seconds, limit_blas_threads, results_dir, run_pool, save_run_metadata, write_csv, write_json,
+)
 from occupancy import bounds as B
 from occupancy.exact import Evaluation, evaluate, evaluate_stage
 from occupancy.instances import random_policy, random_team_mdp  # noqa: F401  (re-exported)
@@ -262,30 +262,24 @@ def main(argv: list[str] | None = None) -> int:
     sources: dict[str, int] = {}
     kinds: dict[str, int] = {}
     tight_all: list[float] = []
-    pool = multiprocessing.get_context("fork").Pool(cfg.workers) if cfg.workers > 1 else None
-    results = pool.imap(_work, jobs, chunksize=16) if pool else map(_work, jobs)
-    try:
-        for spec, inst in tqdm(results, total=len(jobs), desc="instances", mininterval=1.0, file=sys.stderr):
-            sources[spec.source] = sources.get(spec.source, 0) + 1
-            kinds[spec.direction] = kinds.get(spec.direction, 0) + 1
-            for c in inst:
-                key = B.bound_key(c)
-                row = rows.setdefault(key, {"slack": [], "tightness": [], "violated": [], "truth": [], "bound": [],
-                                            "surrogate": [], "penalty": []})
-                row["truth"].append(c.truth)
-                row["bound"].append(c.bound)
-                row["surrogate"].append(c.surrogate)
-                row["penalty"].append(c.penalty)
-                row["slack"].append(c.slack)
-                row["tightness"].append(c.tightness)
-                row["violated"].append(c.violated())
-                t = c.tightness if math.isfinite(c.tightness) else -math.inf
-                if key not in worst or t > worst[key][0]:
-                    worst[key] = (t, spec, c)
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
+    limit_blas_threads(1)  # the workers fork from here: one BLAS thread each
+    for spec, inst in run_pool(_work, jobs, workers=cfg.workers, desc="instances", ordered=True, chunksize=16):
+        sources[spec.source] = sources.get(spec.source, 0) + 1
+        kinds[spec.direction] = kinds.get(spec.direction, 0) + 1
+        for c in inst:
+            key = B.bound_key(c)
+            row = rows.setdefault(key, {"slack": [], "tightness": [], "violated": [], "truth": [], "bound": [],
+                                        "surrogate": [], "penalty": []})
+            row["truth"].append(c.truth)
+            row["bound"].append(c.bound)
+            row["surrogate"].append(c.surrogate)
+            row["penalty"].append(c.penalty)
+            row["slack"].append(c.slack)
+            row["tightness"].append(c.tightness)
+            row["violated"].append(c.violated())
+            t = c.tightness if math.isfinite(c.tightness) else -math.inf
+            if key not in worst or t > worst[key][0]:
+                worst[key] = (t, spec, c)
     elapsed = time.time() - start
     cpu = cpu_seconds() - cpu0
     table = aggregate(rows)

@@ -49,7 +49,26 @@ def test_high_precision_shares_match_the_engine():
         eng = bt.engine_shares(shape, arrays)
         rec = {"shape": bt.asdict(shape), "instance": {k: v.tolist() for k, v in arrays.items()}}
         for key in ("sat_upper[forward_max,a_max]", "teamtr_per_update[reverse,a_max]", "chain_per_update[reverse,eps]"):
-            assert _close(bt.high_precision(rec, key), eng[key], 1e-8)
+            value, resolved = bt.high_precision(rec, key)
+            assert resolved and _close(value, eng[key], 1e-8)
+
+
+def test_shares_below_the_noise_floor_are_not_measured():
+    """An update that moves a row by 1e-215 (probabilities ~ 1e-212): float64 reports shares ~ 1e100
+    without the floor; with it the term is left out, and mpmath at 60 vs 200 digits disagrees."""
+    shape = bt.Shape(X=3, A=2, N=3, router=(0, 1, 2), gamma=0.001)
+    rng = np.random.default_rng(0)
+    arrays = {"T": rng.dirichlet(np.ones(3), size=(3, 2)), "r": rng.normal(size=(3, 2)),
+              "mu": np.full(3, 1 / 3), "pi": np.array([[0.5, 0.5], [1 - 5e-212, 5e-212], [0.3, 0.7]])}
+    arrays["new"] = np.stack([arrays["pi"]] * 3)
+    arrays["new"][0, 0] = [0.6, 0.4]
+    arrays["new"][1, 1] = [1 - 5.0001e-212, 5.0001e-212]
+    arrays["new"][2, 2] = [0.4, 0.6]
+    eng = bt.engine_shares(shape, arrays)
+    assert all(abs(v) < 10 for v in eng.values()), eng
+    rec = {"shape": bt.asdict(shape), "instance": {k: v.tolist() for k, v in arrays.items()}}
+    value, resolved = bt.high_precision(rec, "sat_per_update[forward_max,eps]")
+    assert not resolved or abs(value) < 10
 
 
 def test_a_float_artefact_is_not_reported_as_a_violation():
