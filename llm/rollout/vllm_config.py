@@ -37,8 +37,14 @@ class VLLMEngineConfig(Section):
     sleep_level: int = option(1, choices=(1, 2), help="1: weights offloaded to host; 2: weights dropped too")
     sleep_between_calls: bool = option(False, help="sleep after every generate call (needs enable_sleep_mode)")
     seed: int = option(0, help="engine seed (requests carry their own seeds)")
+    devices: tuple[str, ...] | None = option(None, help="the engine's devices (e.g. [cuda:1], or [cuda:0, cuda:1] "
+                                             "for tensor parallelism); null: the agent's training device")
 
     def validate(self) -> None:
+        if self.devices is not None:
+            object.__setattr__(self, "devices", tuple(str(d) for d in self.devices))
+            if not self.devices:
+                raise ConfigError("VLLMEngineConfig.devices must name at least one device or be null", key="devices")
         if self.sleep_between_calls and not self.enable_sleep_mode:
             raise ConfigError("VLLMEngineConfig.sleep_between_calls needs enable_sleep_mode=True",
                               key="sleep_between_calls")

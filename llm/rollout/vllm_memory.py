@@ -38,12 +38,15 @@ from typing import Mapping, Sequence
 
 import torch
 
+from llm.config.errors import ConfigError
+from llm.models import resolve_model_path
+
 GIB = 1 << 30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 REFERENCES = ("none", "model")
 
 
-class MemoryBudgetError(ValueError):
+class MemoryBudgetError(ConfigError):
     """The engines and training models planned on a device do not fit in its memory."""
 
 
@@ -220,3 +223,36 @@ def count_parameters(model_dir: str, lora_r: int | None = None, lora_targets: Se
     adapters = sum(lora_r * (m.in_features + m.out_features) for name, m in model.named_modules()
                    if isinstance(m, torch.nn.Linear) and name.rpartition(".")[2] in set(lora_targets))
     return total + adapters, adapters
+
+
+def _training_device(spec: str) -> str:
+    if spec == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    return "cuda:0" if spec == "cuda" else spec
+
+
+def cuda_device_bytes() -> dict[str, int]:
+    """Total memory of every visible CUDA device (empty without CUDA: nothing to check)."""
+    if not torch.cuda.is_available():
+        return {}
+    return {f"cuda:{i}": torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())}
+
+
+def plan_from_config(agents: Sequence, engine: object, trust_region: bool = True) -> list[AgentMemory]:
+    """:class:`AgentMemory` of every agent of a team config (``llm.config.sections.AgentConfig``) with
+    the engine settings ``engine`` (a ``VLLMEngineConfig``), from the models' config.json only."""
+    out = []
+    for agent in agents:
+        path = resolve_model_path(agent)
+        lora = agent.lora
+        params, trainable = count_parameters(path, lora.r if lora else None, lora.target_modules if lora else ())
+        device = _training_device(agent.device)
+        dtype = agent.dtype if agent.dtype in DTYPE_BYTES else "float32"
+        train = TrainingMemory(params=params, trainable=trainable, dtype=dtype, trust_region=trust_region)
+        engine_dtype = engine.dtype if engine.dtype in DTYPE_BYTES else dtype
+        weight_bytes = (params - (trainable if lora else 0)) * DTYPE_BYTES[engine_dtype]
+        memory = EngineMemory(engine.gpu_memory_utilization, engine.kv_cache_gib, weight_bytes,
+                              engine.enable_sleep_mode and engine.sleep_between_calls)
+        devices = tuple(engine.devices) if engine.devices else (device,)
+        out.append(AgentMemory(agent.name, device, train, tuple(_training_device(d) for d in devices), memory))
+    return out

@@ -119,7 +119,7 @@ class Trainer:
             raise ConfigError("task: problem ids are not unique (set task.id_field to a unique column)")
         self.problems_by_id = {p.id: p for p in self.task.problems}
         self.tokenizers = preflight(config.team)
-        check_backend(config.sampling)
+        check_backend(config.sampling, config.team.agents, trust_region=math.isfinite(config.train.stage.update.delta))
         self.team: LLMTeam | None = None
 
     # ------------------------------------------------------------------ setup

@@ -127,3 +127,21 @@ def test_counts_from_a_model_and_from_its_config_agree(tmp_path):
     assert count_parameters(str(tmp_path), lora_r=4, lora_targets=("q_proj", "v_proj")) == (with_lora.params,
                                                                                               with_lora.trainable)
     assert with_lora.trainable < with_lora.params / 5
+
+
+def test_run_config_plan_rejects_before_loading(tiny_model_dirs):
+    """From the team config alone (config.json on the meta device): the agents, their devices and fractions."""
+    from llm.config.sections import AgentConfig, LoRAConfig
+    from llm.rollout.vllm_config import VLLMEngineConfig
+    from llm.rollout.vllm_memory import plan_from_config
+
+    agents = [AgentConfig(name="solver", model=str(tiny_model_dirs["tiny_qwen3"]), device="cuda:0"),
+              AgentConfig(name="critic", model=str(tiny_model_dirs["tiny_llama"]), device="cuda:0",
+                          lora=LoRAConfig(r=2, target_modules=("q_proj",)))]
+    plan = plan_from_config(agents, VLLMEngineConfig(gpu_memory_utilization=0.5))
+    assert [a.engine_devices for a in plan] == [("cuda:0",), ("cuda:0",)]
+    assert plan[1].training.trainable < plan[1].training.params
+    with pytest.raises(MemoryBudgetError, match="'solver' 0.5, 'critic' 0.5"):
+        check_memory_budget(plan, {"cuda:0": 4 * GIB})
+    spread = plan_from_config(agents, VLLMEngineConfig(gpu_memory_utilization=0.3, devices=("cuda:1",)))
+    assert set(check_memory_budget(spread, {"cuda:0": 4 * GIB, "cuda:1": 4 * GIB}))

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save
 
 from llm.rollout import vllm as vb
-from llm.rollout.base import SamplingConfig
+from llm.rollout.base import Generation, SamplingConfig
 from llm.rollout.vllm import VLLMBackend
 from test_vllm_backend import ENGINE, gap, pytestmark  # noqa: F401  (markers and helpers)
 
@@ -80,7 +80,9 @@ def test_agent_speaking_twice_without_update_never_uses_discarded_weights(sleepi
     raw.wake_up()
     params = backend.sampling_params(0, SAMPLING, vb.request_seeds(0, len(PROMPTS)))
     outs = raw.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
-    garbage = [backend._to_generation(0, o) for o in outs]
+    garbage = [Generation(list(o.outputs[0].token_ids),
+                          [step[t].logprob for step, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)], "length")
+               for o in outs]
     assert gap(model, PROMPTS, garbage, SAMPLING)[1] > 1e-1
     raw.sleep(level=1)  # back to the state the backend left it in (asleep)
     second = backend.generate(0, PROMPTS, SAMPLING, seed=1)
