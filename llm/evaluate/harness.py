@@ -57,7 +57,7 @@ from llm.data.contamination import check_contamination, enforce
 from llm.data.jsonl import read_jsonl
 from llm.data.tasks import load_task
 from llm.evaluate.config import BenchmarkEntry, ChainRouter, EvalConfig, EvalSection
-from llm.evaluate.metrics import SampleResult, bootstrap_interval, majority_answer, summarize
+from llm.evaluate.metrics import SampleResult, bootstrap_interval, majority_answer, ratio_bootstrap_interval, summarize
 from llm.handoff import render_prompt
 from llm.rewards import get_grader
 from llm.rewards.base import Grade, Problem
@@ -254,6 +254,7 @@ class BenchmarkRun:
     k: int
     results: dict[str, list[list[SampleResult]]] = field(default_factory=dict)
     cell_accuracy: dict[str, list[float]] = field(default_factory=dict)
+    cell_counts: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -370,9 +371,7 @@ def _run_benchmark(b: BenchmarkEntry, items: list[Problem], grader: Callable[[st
         for j, name in enumerate(names):
             run.results[f"single/{name}"] = [[sample_result(kind, s) for s in rec["agents"][j]["samples"]] for rec in per_problem]
             if kind == "zebra":
-                run.cell_accuracy[f"single/{name}"] = [
-                    float(np.mean([s["info"].get("cell_accuracy", 0.0) for s in rec["agents"][j]["samples"]])) for rec in per_problem
-                ]
+                _add_cells(run, f"single/{name}", items, [rec["agents"][j]["samples"] for rec in per_problem])
         per_agent_results = [[run.results[f"single/{n}"][i] for n in names] for i in range(len(items))]
         if "best_of" in ev.protocols:
             best = [best_of_with_winners(pa) for pa in per_agent_results]
@@ -408,10 +407,25 @@ def _run_benchmark(b: BenchmarkEntry, items: list[Problem], grader: Callable[[st
         run.seconds["chain"] = time.monotonic() - start
         run.results["chain"] = [[sample_result(kind, s) for s in done[p.id]["samples"]] for p in items]
         if kind == "zebra":
-            run.cell_accuracy["chain"] = [
-                float(np.mean([s["info"].get("cell_accuracy", 0.0) for s in done[p.id]["samples"]])) for p in items
-            ]
+            _add_cells(run, "chain", items, [done[p.id]["samples"] for p in items])
     return run
+
+
+def _add_cells(run: BenchmarkRun, protocol: str, items: list[Problem], samples: list[list[dict[str, Any]]]) -> None:
+    """ZebraLogic cell statistics of one protocol: per puzzle the mean of its samples' cell
+    accuracies (``cell_acc_puzzle_mean``) and its correct / total cells summed over samples
+    (``cell_acc_leaderboard``). Traces written before ``cells_total`` existed are counted from the
+    reference grid and the cell accuracy."""
+    means, counts = [], []
+    for p, per_sample in zip(items, samples):
+        n_cells = len(p.answer["rows"]) * (len(p.answer["header"]) - 1)
+        totals = [float(s["info"].get("cells_total", n_cells)) for s in per_sample]
+        accs = [float(s["info"].get("cell_accuracy", 0.0)) for s in per_sample]
+        right = [float(s["info"].get("cells_correct", a * t)) for s, a, t in zip(per_sample, accs, totals)]
+        means.append(float(np.mean(accs)))
+        counts.append((sum(right), sum(totals)))
+    run.cell_accuracy[protocol] = means
+    run.cell_counts[protocol] = counts
 
 
 def _write_derived(path: Path, protocol: str, items: list[Problem], k: int,
@@ -442,9 +456,12 @@ def build_summary(runs: Sequence[BenchmarkRun], agent_names: Sequence[str], ev: 
         for protocol, results in run.results.items():
             metrics = summarize(results, ks=entries[run.name].ks, n_boot=ev.n_boot, level=ev.level, seed=ev.seed)
             row: dict[str, Any] = {name: m.as_dict() for name, m in metrics.items()}
-            if protocol in run.cell_accuracy:
-                row["cell_accuracy"] = bootstrap_interval(run.cell_accuracy[protocol], n_boot=ev.n_boot, level=ev.level,
-                                                          seed=ev.seed).as_dict()
+            if protocol in run.cell_accuracy:  # ZebraLogic: the leaderboard's definition and the per-puzzle mean
+                right, total = zip(*run.cell_counts[protocol])
+                row["cell_acc_leaderboard"] = ratio_bootstrap_interval(right, total, n_boot=ev.n_boot, level=ev.level,
+                                                                       seed=ev.seed).as_dict()
+                row["cell_acc_puzzle_mean"] = bootstrap_interval(run.cell_accuracy[protocol], n_boot=ev.n_boot,
+                                                                 level=ev.level, seed=ev.seed).as_dict()
             row["problems"] = len(results)
             row["k"] = run.k
             if protocol in run.tokens:

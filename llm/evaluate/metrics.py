@@ -117,6 +117,28 @@ def bootstrap_interval(
     return MetricValue(float(v.mean()), float(low), float(high), level)
 
 
+def ratio_bootstrap_interval(
+    numerators: Sequence[float], denominators: Sequence[float], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> MetricValue:
+    """``sum(numerators) / sum(denominators)`` over P problems (both (P,)) with a percentile
+    bootstrap interval that resamples problems. ZebraLogic's leaderboard cell accuracy (ZeroEval:
+    total correct cells / total cells) is this with per-puzzle correct and total cell counts."""
+    if not 0 < level < 1:
+        raise ValueError(f"bootstrap level must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    num = np.asarray(numerators, dtype=np.float64)
+    den = np.asarray(denominators, dtype=np.float64)
+    if num.ndim != 1 or num.shape != den.shape or num.size == 0 or (den <= 0).any():
+        raise ValueError("ratio_bootstrap_interval needs two non-empty 1-D sequences of equal length, denominators > 0")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, num.size, size=(n_boot, num.size))  # (B, P)
+    ratios = num[idx].sum(axis=1) / den[idx].sum(axis=1)  # (B,)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
+    return MetricValue(float(num.sum() / den.sum()), float(low), float(high), level)
+
+
 def summarize(
     results: Sequence[Sequence[SampleResult]],
     *,

@@ -29,6 +29,9 @@ from latex2sympy2_extended.math_normalization import extract_boxed_content
 from math_verify import parse, verify
 
 from llm.data import load_benchmark, shared_benchmark_dir
+from llm.evaluate.config import BenchmarkEntry, EvalSection
+from llm.evaluate.harness import BenchmarkRun, _add_cells, build_summary, grade_record, sample_result
+from llm.evaluate.metrics import ratio_bootstrap_interval
 from llm.rewards import Problem, get_grader
 from llm.rewards.extract import boxed_answer, extract_final_answer, leading_answer, parse_integer
 from llm.rewards.logic import extract_autologi_answer, extract_zeroeval_json
@@ -355,37 +358,62 @@ def zebra_items() -> list[Problem]:
 
 def test_zebra_leaderboard_cell_accuracy_on_benchmark_items(zebra_items: list[Problem]) -> None:
     """ZeroEval's leaderboard 'Cell Acc' is total correct cells / total cells (no-answer puzzles
-    count their cells as wrong). Constructed outputs on real items: the sum of the grader's
-    ``cells_correct`` over ``cells_total`` equals that direct count, and differs from the mean of
-    per-puzzle cell accuracies whenever puzzle sizes differ."""
+    count their cells as wrong). Constructed outputs (K = 2 samples) on real items of every size:
+    the evaluation summary's ``cell_acc_leaderboard`` equals that direct count, and
+    ``cell_acc_puzzle_mean`` (mean of per-puzzle fractions) differs from it."""
     assert len(zebra_items) == 25
     grader = get_grader("zebra")
     correct_direct = total_direct = 0
-    correct_graded = total_graded = 0
     per_puzzle: list[float] = []
+    samples: list[list[dict]] = []
     for k, p in enumerate(zebra_items):
         header, rows = p.answer["header"], p.answer["rows"]
-        table = {f"House {r[0]}": dict(zip(header[1:], r[1:])) for r in rows}
         n_cells = len(rows) * (len(header) - 1)
-        # spoil the first (k mod (M+1)) attributes of house 1; every 5th puzzle has no answer
-        spoiled = header[1 : 1 + k % len(header)]
-        for name in spoiled:
-            table["House 1"][name] = "nobody"
-        if k % 5 == 4:
-            response, right = "I could not solve it.", 0
-        else:
-            response, right = "```json\n" + _solution(table) + "\n```", n_cells - len(spoiled)
-        correct_direct += right
-        total_direct += n_cells
-        g = grader(response, p)
-        assert g.parsed == (k % 5 != 4)
-        correct_graded += g.info["cells_correct"]
-        total_graded += g.info["cells_total"]
-        per_puzzle.append(g.info["cell_accuracy"])
-    assert (correct_graded, total_graded) == (correct_direct, total_direct)
-    leaderboard = correct_graded / total_graded
-    assert leaderboard == pytest.approx(correct_direct / total_direct)
-    assert abs(leaderboard - sum(per_puzzle) / len(per_puzzle)) > 1e-3
+        records, fractions = [], []
+        for sample in range(2):
+            table = {f"House {r[0]}": dict(zip(header[1:], r[1:])) for r in rows}
+            # spoil the first ((k + sample) mod (M+1)) attributes of house 1; some samples have no answer
+            spoiled = header[1 : 1 + (k + sample) % len(header)]
+            for name in spoiled:
+                table["House 1"][name] = "nobody"
+            if (k + 3 * sample) % 5 == 4:
+                response, right = "I could not solve it.", 0
+            else:
+                response, right = "```json\n" + _solution(table) + "\n```", n_cells - len(spoiled)
+            g = grader(response, p)
+            assert g.parsed == response.startswith("```")
+            assert (g.info["cells_correct"], g.info["cells_total"]) == (right, n_cells)
+            correct_direct += right
+            total_direct += n_cells
+            fractions.append(right / n_cells)
+            records.append(grade_record(g))
+        per_puzzle.append(sum(fractions) / 2)
+        samples.append(records)
+    run = BenchmarkRun("zebralogic", "zebra", 2)
+    run.results["chain"] = [[sample_result("zebra", r) for r in recs] for recs in samples]
+    _add_cells(run, "chain", zebra_items, samples)
+    ev = EvalSection(benchmarks=(BenchmarkEntry(name="zebralogic", k=2),), n_boot=200)
+    row = build_summary([run], ["a"], ev)["benchmarks"]["zebralogic"]["chain"]
+    assert row["cell_acc_leaderboard"]["value"] == pytest.approx(correct_direct / total_direct, abs=1e-12)
+    assert row["cell_acc_puzzle_mean"]["value"] == pytest.approx(sum(per_puzzle) / len(per_puzzle), abs=1e-12)
+    assert abs(row["cell_acc_leaderboard"]["value"] - row["cell_acc_puzzle_mean"]["value"]) > 1e-3
+    low, high = row["cell_acc_leaderboard"]["low"], row["cell_acc_leaderboard"]["high"]
+    assert low <= correct_direct / total_direct <= high
+    # traces written before cells_total existed are counted from the reference grid
+    old = [[{**r, "info": {"cell_accuracy": r["info"]["cell_accuracy"]}} for r in recs] for recs in samples]
+    _add_cells(run, "old", zebra_items, old)
+    assert [(round(c), t) for c, t in run.cell_counts["old"]] == run.cell_counts["chain"]
+
+
+def test_ratio_bootstrap_interval() -> None:
+    m = ratio_bootstrap_interval([1, 9], [4, 36], n_boot=500)
+    assert m.value == pytest.approx(10 / 40)
+    m = ratio_bootstrap_interval([0, 36], [4, 36], n_boot=500)  # leaderboard 0.9, per-puzzle mean 0.5
+    assert m.value == pytest.approx(0.9) and m.low <= 0.9 <= m.high
+    with pytest.raises(ValueError):
+        ratio_bootstrap_interval([1], [0])
+    with pytest.raises(ValueError):
+        ratio_bootstrap_interval([], [])
 
 
 # ----------------------------------------------------------------------------- AutoLogi (official extraction)
