@@ -3,6 +3,7 @@
     python -m experiments.kl_calibration            # full tabular study
     python -m experiments.kl_calibration --quick    # smoke version (tested in the default suite)
     python -m experiments.kl_calibration --cost     # wall time of an update per monitor / step rule
+    python -m experiments.kl_calibration --llm      # LLM part (tiny Qwen3 model, CPU)
 
 Tabular engine, exact truth. For every study family, radius delta, seed and monitor, a team of
 ``n_agents`` TabularAgents is trained for ``stages`` intermediate stages with the shared core's
@@ -22,6 +23,14 @@ with ``weighting="agent"``: the quantity a per-message monitor estimates), compu
 Reported per (monitor, delta), over accepted updates (at least one accepted optimizer step): the
 share whose true KL exceeds delta, 1.5 delta and 2 delta, and the median of true / delta (also per
 family in ``summary_by_family.csv``).
+
+LLM part (``--llm``; tiny two-layer Qwen3 with random weights from ``experiments.bench_llm``'s
+``tiny`` preset, CPU). One agent (a one-agent team) is trained for ``updates`` updates per
+(monitor, delta, seed) on rollouts of random prompts (``group_size`` samples each) with the reward
+"share of even token ids in the message". Each update is enforced by the exact full-vocabulary
+monitor or k1 on its training batch. Truth: the exact full-vocabulary reverse KL(pi_cur || pi_new)
+(per message the sum over positions, mean over messages) on a *fresh* rollout of the updated agent
+from fresh prompts, contexts the update never saw. Writes results/kl_calibration_llm/.
 
 Writes results/kl_calibration/{updates.jsonl (one line per finished job; resumable), updates.csv,
 summary.csv, summary_by_family.csv, summary.json, kl_calibration.png, config.json, seeds.json}.
@@ -293,6 +302,115 @@ def bench_update_cost(family: str = "layered", n_agents: int = 3, repeats: int =
     return out
 
 
+# ---------------------------------------------------------------------------- LLM part
+@dataclass(frozen=True)
+class LLMCalibrationConfig:
+    """LLM part: preset (experiments.bench_llm.PRESETS; 'tiny' default); monitors (exact, k1, ...);
+    deltas; seeds; updates per run; prompts x group_size rollouts per update of new_tokens tokens
+    from prompts of prompt_len tokens; epochs, minibatch_size and lr (AdamW) of an update;
+    temperature of the policy; fresh_prompts for the truth measurement."""
+
+    preset: str = "tiny"
+    monitors: tuple[str, ...] = ("exact", "k1")
+    deltas: tuple[float, ...] = (0.01, 0.1)
+    seeds: int = 3
+    updates: int = 6
+    prompts: int = 8
+    group_size: int = 4
+    prompt_len: int = 8
+    new_tokens: int = 8
+    epochs: int = 2
+    minibatch_size: int = 8
+    lr: float = 3e-3
+    temperature: float = 1.0
+    fresh_prompts: int = 16
+    out: str = "kl_calibration_llm"
+
+
+LLM_QUICK = dict(deltas=(0.1,), seeds=1, updates=2, prompts=4, group_size=2, fresh_prompts=4,
+                 out="kl_calibration_llm_quick")
+
+
+def _even_share_batch(prompts: list[list[int]], gens: list[Any], group_size: int) -> Any:
+    """MessageBatch of the rollouts (one message each; ``group`` = prompt index; returns = share of
+    even token ids in the message)."""
+    import torch
+
+    from experiments.bench_llm import message_batch
+
+    b = message_batch(prompts, gens)
+    ret = torch.tensor([sum(1 for t in g.token_ids if t % 2 == 0) / max(len(g.token_ids), 1) for g in gens])
+    return b.with_fields(group=torch.arange(len(gens)) // group_size, returns=ret.float(), reward=ret.float())
+
+
+def run_llm_job(cfg: LLMCalibrationConfig, monitor: str, delta: float, seed: int) -> list[dict[str, Any]]:
+    """One (monitor, delta, seed) run of the LLM part; one row per update."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from experiments.bench_llm import build_model, preset_config, random_prompts
+    from llm.agent import LLMAgent
+    from llm.rollout.base import SamplingConfig
+    from llm.rollout.hf import HFBackend
+    from trust_region.advantage import AdvantageConfig, compute_advantages
+    from trust_region.interfaces import supports_exact_kl
+    from trust_region.kl import per_message
+    from trust_region.update import UpdateConfig, eval_exact_kl, update_agent
+
+    qcfg = preset_config(cfg.preset)
+    device = torch.device("cpu")
+    model = build_model(qcfg, device, torch.float32, seed)
+    eos, pad = qcfg.vocab_size - 1, 0
+    agent = LLMAgent(0, cfg.preset, model, SimpleNamespace(pad_token_id=pad, eos_token_id=eos),
+                     temperature=cfg.temperature, micro_batch_size=8, max_new_tokens=cfg.new_tokens)
+    if not supports_exact_kl(agent):
+        raise RuntimeError("LLMAgent offers no exact_kl: the LLM part needs the exact full-vocabulary KL")
+    backend = HFBackend([model], [[eos]], [pad], batch_size=cfg.prompts * cfg.group_size, fixed_length=True)
+    sampling = SamplingConfig(max_new_tokens=cfg.new_tokens, temperature=cfg.temperature, top_p=1.0)
+    opt = torch.optim.AdamW(agent.trainable_parameters(), lr=cfg.lr)
+    ucfg = UpdateConfig(delta=delta, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size, monitor_estimator=monitor)
+    rng = np.random.default_rng(seed)
+    beta, rows = ucfg.beta, []
+    for u in range(cfg.updates):
+        base = random_prompts(cfg.prompts, cfg.prompt_len, qcfg.vocab_size, 1000 * seed + 2 * u, exclude=eos)
+        prompts = [p for p in base for _ in range(cfg.group_size)]
+        batch = _even_share_batch(prompts, backend.generate(0, prompts, sampling, seed=1000 * seed + 2 * u),
+                                  cfg.group_size)
+        reference = agent.kl_reference(batch)  # pi_cur, kept for the truth measurement below
+        adv = compute_advantages(batch, 0, AdvantageConfig())
+        rep = update_agent(agent, opt, batch, adv, ucfg, beta=beta, rng=rng)
+        beta = rep.beta_end
+        fresh_prompts = random_prompts(cfg.fresh_prompts, cfg.prompt_len, qcfg.vocab_size, 1000 * seed + 2 * u + 1,
+                                       exclude=eos)
+        fresh = _even_share_batch(fresh_prompts, backend.generate(0, fresh_prompts, sampling,
+                                                                  seed=10**6 + 1000 * seed + u), 1)
+        true = float(per_message(eval_exact_kl(agent, fresh, reference, "reverse"), fresh.mask).mean())
+        rows.append(dict(monitor=f"{monitor}/train", delta=delta, seed=seed, update=u, accepted=rep.n_steps > 0,
+                         n_steps=rep.n_steps, n_rejected=rep.n_rejected, kl_monitor=rep.kl,
+                         kl_exact_batch=rep.kl_exact_mean, kl_k1_batch=rep.kl_k1_mean, kl_true=true,
+                         reward=float(batch.returns.mean())))
+    return rows
+
+
+def run_llm(cfg: LLMCalibrationConfig, root: str | Path | None = None) -> dict[str, Any]:
+    """The LLM part (all runs in this process; tqdm over runs); summary per (monitor, delta)."""
+    from tqdm import tqdm
+
+    out = results_dir(cfg.out, root)
+    save_run_metadata(out, cfg, range(cfg.seeds))
+    rows = []
+    jobs = [(m, d, s) for m in cfg.monitors for d in cfg.deltas for s in range(cfg.seeds)]
+    for m, d, s in tqdm(jobs, desc="kl_calibration llm"):
+        rows.extend(run_llm_job(cfg, m, d, s))
+    summary = summarise(rows, ("monitor", "delta"))
+    write_csv(out / "updates.csv", rows)
+    write_csv(out / "summary.csv", summary)
+    write_json(out / "summary.json", {"summary": summary})
+    plot(summary, out / "kl_calibration_llm.png")
+    return {"summary": summary, "rows": rows, "out": out}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke version (seconds)")
@@ -303,7 +421,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int)
     parser.add_argument("--out")
     parser.add_argument("--cost", action="store_true", help="only the update-cost benchmark (tabular)")
+    parser.add_argument("--llm", action="store_true", help="only the LLM part (tiny model; with --quick: smoke)")
     args = parser.parse_args(argv)
+    if args.llm:
+        kw = dict(LLM_QUICK) if args.quick else {}
+        kw.update(cli_overrides(args, tuples=("deltas", "monitors"), scalars=("seeds", "out")))
+        res = run_llm(LLMCalibrationConfig(**kw))
+        print(format_table(res["summary"]))
+        print(f"wrote {res['out']}")
+        return 0
     if args.cost:
         limit_blas_threads()
         rows = bench_update_cost()

@@ -9,17 +9,39 @@ distribution and the recomputed ones are not, which shows up in the measured gap
 this agent emitted and returns the per-token log-probs of the message tokens (M, T). Rows of other
 agents (whose token ids belong to other tokenizers) are returned as zeros and get no gradient.
 Gradients reach only this agent's trainable parameters (the full model, or its LoRA adapters).
+
+It is also a :class:`trust_region.interfaces.ExactKLPolicy`: :meth:`LLMAgent.kl_reference` keeps
+pi_cur as a copy of the trainable parameters (LoRA: the adapters only, a small fraction of the
+model; full fine-tuning: one frozen copy of the weights in their dtype) and
+:meth:`LLMAgent.exact_kl` computes the exact KL over the whole vocabulary at every message
+position: per micro-batch one forward with the current parameters and one with the reference
+swapped in (a zero-copy storage swap, no second model), the KL in chunks of
+``kl_chunk_positions`` positions so that at most (micro-batch, positions, V) float32 log-probs
+exist at once (never M x T x V).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import contextlib
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import Tensor
 
 from llm.tokens import message_logits, message_rows
 from trust_region.batch import MessageBatch
+from trust_region.kl import categorical_kl
+
+
+def left_align(values: Tensor, lengths: list[int]) -> Tensor:
+    """(R, T_r) values whose row r holds its message in the last ``lengths[r]`` positions (left
+    padded) -> the message moved to the front, right padded with 0."""
+    t_r = values.shape[1]
+    lengths_t = torch.tensor(lengths, device=values.device)
+    cols = torch.arange(t_r, device=values.device)
+    src = (t_r - lengths_t[:, None] + cols[None, :]).clamp(max=t_r - 1)
+    valid = cols[None, :] < lengths_t[:, None]
+    return torch.where(valid, values.gather(1, src), torch.zeros((), dtype=values.dtype, device=values.device))
 
 
 class LLMAgent(torch.nn.Module):
@@ -141,7 +163,6 @@ class LLMAgent(torch.nn.Module):
         Sequences are left padded so that every message ends at the last position; the model is
         asked for the logits of the last ``T_r + 1`` positions only.
         """
-        device = self.device
         ctx, msg = message_rows(batch, rows)
         grad = torch.is_grad_enabled()
         was_training = self.model.training
@@ -150,12 +171,64 @@ class LLMAgent(torch.nn.Module):
             logits, target, lengths = message_logits(self.model, ctx, msg, self.pad_token_id)
         finally:
             self.model.train(was_training)
-        t_r = max(lengths)
         logp = torch.log_softmax(logits.float() / self.temperature, dim=-1)  # (R, t_r, V)
         tok_logp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (R, t_r), left aligned to the end
-        # move each row's message (the last L_r positions) to the front: right padded (R, t_r)
-        lengths_t = torch.tensor(lengths, device=device)
-        cols = torch.arange(t_r, device=device)
-        src = (t_r - lengths_t[:, None] + cols[None, :]).clamp(max=t_r - 1)
-        valid = cols[None, :] < lengths_t[:, None]
-        return torch.where(valid, tok_logp.gather(1, src), torch.zeros((), device=device))
+        return left_align(tok_logp, lengths)  # each row's message at the front, right padded
+
+    # ------------------------------------------------------------------ ExactKLPolicy
+    #: positions per chunk of the exact KL (bounds the (R, chunk, V) float32 temporaries)
+    kl_chunk_positions: int = 32
+
+    def kl_reference(self, batch: MessageBatch) -> dict[str, Tensor]:
+        """pi_cur for :meth:`exact_kl`: a copy of the trainable parameters (any batch). LoRA: the
+        adapters; full fine-tuning: a frozen copy of the trainable weights in their dtype."""
+        return self.snapshot()
+
+    @contextlib.contextmanager
+    def swapped_parameters(self, params: dict[str, Tensor]) -> Iterator[None]:
+        """Point the trainable parameters at ``params`` (a :meth:`snapshot`) for the duration of the
+        block, without copying (storage swap); restored on exit, also after an exception."""
+        named = dict(self.named_trainable_parameters())
+        if set(named) != set(params):
+            raise ValueError(f"LLMAgent {self.name}: the KL reference does not match the trainable parameters")
+        saved: dict[str, Tensor] = {}
+        try:
+            for n, p in named.items():
+                saved[n] = p.data
+                p.data = params[n]
+            yield
+        finally:
+            for n, d in saved.items():
+                named[n].data = d
+
+    def exact_kl(self, batch: MessageBatch, reference: dict[str, Tensor], direction: str = "reverse") -> Tensor:
+        """(M, T) float64 on the CPU: for this agent's rows, at every message position the exact KL
+        over the whole vocabulary (at the policy's temperature) between the ``reference`` parameters
+        (pi_cur) and the current ones (``"reverse"``: KL(pi_cur || pi); ``"forward"``: KL(pi ||
+        pi_cur)); other agents' rows and padding are 0. No gradient; micro-batched over rows and
+        chunked over positions."""
+        m, t = batch.tokens.shape
+        out = torch.zeros((m, t), dtype=torch.float64)
+        rows = torch.nonzero(batch.agent == self.agent_id).flatten().tolist()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(rows), self.micro_batch_size):
+                    idx = rows[start : start + self.micro_batch_size]
+                    ctx, msg = message_rows(batch, idx)
+                    new, _, lengths = message_logits(self.model, ctx, msg, self.pad_token_id)
+                    with self.swapped_parameters(reference):
+                        ref, _, _ = message_logits(self.model, ctx, msg, self.pad_token_id)
+                    kl = torch.empty(new.shape[:2], dtype=torch.float64, device=new.device)
+                    for c in range(0, new.shape[1], self.kl_chunk_positions):
+                        sl = slice(c, c + self.kl_chunk_positions)
+                        kl[:, sl] = categorical_kl(torch.log_softmax(ref[:, sl].float() / self.temperature, dim=-1),
+                                                   torch.log_softmax(new[:, sl].float() / self.temperature, dim=-1),
+                                                   direction)
+                    del new, ref
+                    values = left_align(kl, lengths).cpu()
+                    out[torch.tensor(idx), : values.shape[1]] = values
+        finally:
+            self.model.train(was_training)
+        return out

@@ -46,3 +46,17 @@ def test_update_cost_bench_reports_each_variant():
     assert [r["variant"] for r in rows] == [name for name, _ in COST_VARIANTS]
     assert rows[0]["ratio_vs_no_tr"] == 1.0 and rows[0]["rejected"] == 0.0
     assert all(r["wall_ms"] > 0 for r in rows)
+
+
+def test_llm_quick_part_writes_its_files(tmp_path):
+    from experiments.kl_calibration import LLM_QUICK, LLMCalibrationConfig, run_llm
+
+    res = run_llm(LLMCalibrationConfig(**LLM_QUICK), root=tmp_path)
+    out = tmp_path / LLM_QUICK["out"]
+    for name in ("updates.csv", "summary.csv", "summary.json", "kl_calibration_llm.png", "config.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert {r["monitor"] for r in res["summary"]} == {"exact/train", "k1/train"}
+    for r in res["rows"]:
+        assert r["kl_true"] >= 0
+        if r["monitor"] == "exact/train" and r["accepted"]:
+            assert r["kl_monitor"] <= r["delta"] and r["kl_exact_batch"] == r["kl_monitor"]
