@@ -36,15 +36,27 @@ CURSOR = "cursor.json"
 
 
 # ---------------------------------------------------------------------------- atomic files
-def check_writable_dir(path: Path, what: str = "output_dir") -> None:
-    """Create ``path`` if needed and prove it is writable (a probe file), fast, before anything loads."""
+def check_writable_dir(path: Path, what: str = "output_dir", remove_created: bool = False) -> None:
+    """Prove that ``path`` can be created and written (a probe file), fast, before anything loads
+    (the folder is left in place, empty; ``remove_created``: folders made for the probe are removed)."""
+    path = Path(path)
+    created: list[Path] = []
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        missing = [p for p in [path, *path.parents] if not p.exists()]
+        for p in reversed(missing):
+            p.mkdir()
+            created.append(p)
+        if not path.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(path))
         probe = path / f".write-probe-{uuid.uuid4().hex}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
         raise ConfigError(f"{what} {path} cannot be created or written: {err.strerror or err}", key=what) from None
+    finally:
+        if remove_created:
+            for p in reversed(created):
+                p.rmdir()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

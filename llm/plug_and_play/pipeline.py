@@ -138,7 +138,7 @@ class Pipeline:
         self.rep_spec = dataclasses.replace(self.inc_spec, model=cfg.replacement.model,
                                             tokenizer=cfg.replacement.tokenizer, lora=None)
         # --- every check that can fail on bad input, before any weights are loaded
-        check_writable_dir(self.out)
+        check_writable_dir(self.out, remove_created=True)
         self.tokenizers = preflight(base.team)
         self.rep_tok = load_tokenizer(self.rep_spec)
         check_shared_tokenizer(self.tokenizers[self.j], self.rep_tok, cfg.method)
@@ -294,6 +294,7 @@ class Pipeline:
 def run(cfg: PnPConfig, progress: bool = True) -> dict[str, Any]:
     """Run the plug-and-play pipeline (module docstring); returns the report (also report.json)."""
     pipe = Pipeline(cfg, progress)
+    pipe.out.mkdir(parents=True, exist_ok=True)
     (pipe.out / "config.yaml").write_text(yaml.safe_dump(plain_config(cfg), sort_keys=False), encoding="utf-8")
     t0 = time.time()
     pipe.load()

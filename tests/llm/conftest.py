@@ -182,3 +182,12 @@ def tiny_run_config():
 def parity_grader():
     """The grader :func:`grade_parity`."""
     return grade_parity
+
+
+@pytest.fixture
+def make_trainer_plain():
+    """``make_trainer_plain(cfg, **kw)``: a Trainer of a run config dict (its own grader)."""
+    from llm.train import Trainer
+    from llm.train.config import config_from_dict
+
+    return lambda cfg, **kw: Trainer(config_from_dict(cfg), **kw)
