@@ -6,7 +6,8 @@ add one lenient fallback for small chat models that end with "... the answer is 
 anchor (:func:`extract_training_answer`).
 
 - :func:`grade_integer`, :func:`grade_exact`: JSONL tasks (``answer_kind: integer | exact``);
-- :class:`ReasoningGymGrader`: a reasoning-gym dataset's own ``score_answer``;
+- :class:`ReasoningGymGrader`: a reasoning-gym dataset's own ``score_answer``, with or without its
+  partial credit (``partial_credit``);
 - :class:`KindGrader`: one grader per ``Problem.kind``.
 """
 
@@ -57,19 +58,30 @@ def grade_exact(response: str, problem: Problem) -> Grade:
     return Grade(float(_normalise(extracted) == _normalise(str(problem.answer))), True, extracted)
 
 
-class ReasoningGymGrader:
-    """Grader that scores with the reasoning-gym dataset's own ``score_answer``."""
+def reasoning_gym_score(dataset: Any, answer: str, entry: dict[str, Any], partial_credit: bool = True) -> float:
+    """The dataset's ``score_answer(answer, entry)`` clipped to [0, 1]. reasoning-gym's base class
+    gives ``len(oracle) / len(answer)`` when the oracle is only a substring of the answer (``-4``
+    for ``4`` scores 0.5); ``partial_credit=False`` keeps only full credit: 1 when the dataset
+    scores the answer 1, else 0."""
+    score = min(max(float(dataset.score_answer(answer, entry)), 0.0), 1.0)
+    return score if partial_credit else float(score >= 1.0)
 
-    def __init__(self, datasets: dict[str, Any]) -> None:
+
+class ReasoningGymGrader:
+    """Grader that scores with the reasoning-gym dataset's own ``score_answer``
+    (:func:`reasoning_gym_score`; ``partial_credit=False``: no substring credit)."""
+
+    def __init__(self, datasets: dict[str, Any], partial_credit: bool = True) -> None:
         self.datasets = datasets
+        self.partial_credit = bool(partial_credit)
 
     def __call__(self, response: str, problem: Problem) -> Grade:
         extracted = extract_training_answer(response)
         if extracted is None:
             return Grade(0.0, False, None)
         dataset = self.datasets[problem.meta["dataset"]]
-        score = float(dataset.score_answer(extracted, problem.meta["entry"]))
-        return Grade(min(max(score, 0.0), 1.0), True, extracted)
+        score = reasoning_gym_score(dataset, extracted, problem.meta["entry"], self.partial_credit)
+        return Grade(score, True, extracted)
 
 
 class KindGrader:
