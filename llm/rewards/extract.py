@@ -114,31 +114,40 @@ _DELIMITED = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", 
 _OPEN, _CLOSE = "({[", ")}]"
 
 
+# The Minerva closing sentence ("The final answer is X. I hope it is correct."), removed from any answer.
+_HOPE = re.compile(r"\.?\s*\bI hope\b.*$", re.DOTALL)
+# An answer that starts like math (a number, a sign, $, a LaTeX command, a bracket, "x =") is cut at
+# the first _TRAILER; a text answer ("Riley is an altruist, and Daniel is an egoist") is kept whole.
+_MATH_START = re.compile(r"[-+.\d$\\(\[{]|[A-Za-z]\s*=")
+
+
 def leading_answer(text: str) -> str:
     """The answer at the start of ``text`` without the sentence that follows it.
 
     ``"14400. I hope it is correct."`` -> ``"14400"``; ``"3/4, which we verify below."`` ->
     ``"3/4"``; ``"$\\frac{1}{2}$. I hope"`` -> ``"\\frac{1}{2}"``. Commas inside brackets and lists of
     numbers (``"(3, \\pi)"``, ``"1, -2"``) are kept. This is how Math-Verify reads the expression
-    after "final answer is" (a math span or a number, then punctuation).
+    after "final answer is" (a math span or a number, then punctuation). Only answers that start
+    like math are cut; a text answer loses only a closing "I hope it is correct".
     """
-    s = text.strip()
+    s = _HOPE.sub("", text.strip()).strip()
     m = _DELIMITED.match(s)
     if m is not None:
         rest = s[m.end() :]
         if not rest.strip() or _TRAILER.match(rest):
             return next(g for g in m.groups() if g is not None).strip()
-    depth, in_math = 0, False
-    for i, ch in enumerate(s):
-        if ch == "$":
-            in_math = not in_math
-        elif ch in _OPEN:
-            depth += 1
-        elif ch in _CLOSE and depth:
-            depth -= 1
-        elif depth == 0 and not in_math and i > 0 and _TRAILER.match(s, i):
-            s = s[:i]
-            break
+    if _MATH_START.match(s):
+        depth, in_math = 0, False
+        for i, ch in enumerate(s):
+            if ch == "$":
+                in_math = not in_math
+            elif ch in _OPEN:
+                depth += 1
+            elif ch in _CLOSE and depth:
+                depth -= 1
+            elif depth == 0 and not in_math and i > 0 and _TRAILER.match(s, i):
+                s = s[:i]
+                break
     return _strip_math_delims(s.rstrip("."))
 
 

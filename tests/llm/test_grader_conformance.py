@@ -175,6 +175,10 @@ def test_boxed_join_is_math_verifys_rule(text: str) -> None:
         ("3.5.", "3.5"),
         ("\\text{Evelyn}, since she is fastest", "\\text{Evelyn}"),
         ("7 because 3 + 4 = 7", "7"),
+        ("x = 3. So we are done.", "x = 3"),
+        # text answers are kept whole, only the Minerva closing sentence goes
+        ("Riley is an altruist, and Daniel is an altruist.", "Riley is an altruist, and Daniel is an altruist"),
+        ("Evelyn. I hope it is correct.", "Evelyn"),
     ],
 )
 def test_leading_answer(text: str, expected: str) -> None:
