@@ -98,23 +98,31 @@ def per_problem_parse_failure(samples: Sequence[SampleResult]) -> float:
     return float(np.mean([not s.parsed for s in samples]))
 
 
-def bootstrap_interval(
-    values: Sequence[float], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
-) -> MetricValue:
-    """Mean of per-problem ``values`` (P,) with a percentile bootstrap interval over problems."""
+def _bootstrap(
+    statistic: Callable[[np.ndarray], np.ndarray], size: int, n_boot: int, level: float, seed: int
+) -> tuple[float, float]:
+    """Percentile interval of ``statistic(idx)`` over ``n_boot`` resamples of ``size`` problems;
+    ``statistic`` maps problem indices (B, P) to one value per resample (B,)."""
     if not 0 < level < 1:
         raise ValueError(f"bootstrap level must be in (0, 1), got {level}")
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, size, size=(n_boot, size))  # (B, P)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(statistic(idx), [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def bootstrap_interval(
+    values: Sequence[float], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> MetricValue:
+    """Mean of per-problem ``values`` (P,) with a percentile bootstrap interval over problems."""
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1 or v.size == 0:
         raise ValueError("bootstrap_interval needs a non-empty 1-D sequence of per-problem values")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, v.size, size=(n_boot, v.size))  # (B, P)
-    means = v[idx].mean(axis=1)  # (B,)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return MetricValue(float(v.mean()), float(low), float(high), level)
+    low, high = _bootstrap(lambda idx: v[idx].mean(axis=1), v.size, n_boot, level, seed)
+    return MetricValue(float(v.mean()), low, high, level)
 
 
 def ratio_bootstrap_interval(
@@ -123,20 +131,12 @@ def ratio_bootstrap_interval(
     """``sum(numerators) / sum(denominators)`` over P problems (both (P,)) with a percentile
     bootstrap interval that resamples problems. ZebraLogic's leaderboard cell accuracy (ZeroEval:
     total correct cells / total cells) is this with per-puzzle correct and total cell counts."""
-    if not 0 < level < 1:
-        raise ValueError(f"bootstrap level must be in (0, 1), got {level}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     num = np.asarray(numerators, dtype=np.float64)
     den = np.asarray(denominators, dtype=np.float64)
     if num.ndim != 1 or num.shape != den.shape or num.size == 0 or (den <= 0).any():
         raise ValueError("ratio_bootstrap_interval needs two non-empty 1-D sequences of equal length, denominators > 0")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, num.size, size=(n_boot, num.size))  # (B, P)
-    ratios = num[idx].sum(axis=1) / den[idx].sum(axis=1)  # (B,)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
-    return MetricValue(float(num.sum() / den.sum()), float(low), float(high), level)
+    low, high = _bootstrap(lambda idx: num[idx].sum(axis=1) / den[idx].sum(axis=1), num.size, n_boot, level, seed)
+    return MetricValue(float(num.sum() / den.sum()), low, high, level)
 
 
 def summarize(
