@@ -85,10 +85,11 @@ def _cell_text(value: Any, list_cells: str) -> str | None:
     return text if text else None
 
 
-def _cells_equal(pred: str, gold: str, cells: str) -> bool:
+def _cell_norm(value: str, cells: str) -> str:
+    """The form in which two cells are compared (ZeroEval: ``lower().strip()``)."""
     if cells == "collapse_space":
-        return re.sub(r"\s+", " ", pred).strip().lower() == re.sub(r"\s+", " ", gold).strip().lower()
-    return pred.lower().strip() == gold.lower().strip()
+        value = re.sub(r"\s+", " ", value)
+    return value.lower().strip()
 
 
 def zebra_reference_grid(answer: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -155,7 +156,8 @@ def zebra_count_cells(
     cells: str = "strip_lower",
     list_cells: str = "first",
 ) -> tuple[int, dict[str, dict[str, str]]]:
-    """(number of right cells, the cells that were read) of a predicted house table."""
+    """(number of right cells, the cells that were read, in compared form) of a predicted house
+    table; the cells read key the same answers alike (majority voting uses them)."""
     right = 0
     read: dict[str, dict[str, str]] = {}
     if not isinstance(table, dict):
@@ -168,8 +170,9 @@ def zebra_count_cells(
             value = _cell_text(_lookup(row, column, keys), list_cells)
             if value is None:
                 continue
+            value = _cell_norm(value, cells)
             read.setdefault(house, {})[column] = value
-            right += _cells_equal(value, truth, cells)
+            right += value == _cell_norm(truth, cells)
     return right, read
 
 

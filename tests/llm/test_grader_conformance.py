@@ -331,6 +331,14 @@ def test_zebra_lenient_options() -> None:
             get_grader("zebra", **bad)
 
 
+def test_zebra_extracted_grid_is_in_compared_form() -> None:
+    """Answers that score alike vote alike in maj@K: the extracted grid holds the compared form."""
+    a = get_grader("zebra")(_solution(RIGHT), _zebra())
+    loud = {h: {k: v.upper() + " " for k, v in attrs.items()} for h, attrs in RIGHT.items()}
+    b = get_grader("zebra")(_solution(loud, reasoning="other words"), _zebra())
+    assert a.extracted == b.extracted and json.loads(a.extracted)["House 1"]["Name"] == "eric"
+
+
 def test_zebra_number_cells_differ_from_zeroeval() -> None:
     """DIFFERS: ZeroEval raises ValueError('Unknown type') on a number cell (its run stops); the
     project compares the number as text."""
