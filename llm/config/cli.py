@@ -13,11 +13,12 @@ from llm.config.build import help_epilog
 from llm.config.errors import ConfigError
 
 
-def config_parser(prog: str, description: str, root: type, title: str, docs: str) -> argparse.ArgumentParser:
+def config_parser(prog: str, description: str, root: type, title: str, docs: str,
+                  config_required: bool = True) -> argparse.ArgumentParser:
     """An ArgumentParser with ``--config`` and ``--set``; ``--help`` lists ``root``'s keys."""
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=help_epilog(root, title, docs),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
+    parser.add_argument("--config", required=config_required, help="YAML config file (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set train.update.delta=0.02 (repeatable)")
     return parser

@@ -10,6 +10,13 @@ the :class:`llm.rewards.base.Grader` interface ``grader(response, problem) -> Gr
   grader of ``answer_kind``: any kind registered in :mod:`llm.rewards` (``integer``, ``math``
   (math-verify), ``zebra``, ...) via ``llm.rewards.get_grader``; ``exact`` (normalised string match)
   and, if the registry is unavailable, ``integer`` fall back to the small graders of this module.
+- ``kind: arithmetic``: ``a op b`` items with stated ranges (:mod:`llm.data.arithmetic`, settings in
+  ``arithmetic:``), seeded; ``split: train`` (default) or ``split: heldout`` (disjoint by
+  construction; what ``llm.evaluate --run`` scores). Graded by the ``integer`` grader.
+
+``grader:`` passes options to the registered grader of jsonl and arithmetic tasks, e.g.
+``{fallback_last_number: true}``: the integer grader reads the last number of the answer when it
+finds no ``Answer:`` line or box (small chat models that answer in a sentence).
 
 Answer extraction is :func:`llm.rewards.extract.extract_final_answer` (the last of: ``\\boxed{...}``,
 an "Answer:" line, an ``<answer>...</answer>`` block, "final answer is X"), with one lenient fallback
@@ -35,13 +42,14 @@ import numpy as np
 from llm.config.choices import CONTAMINATION_POLICIES
 from llm.config.errors import ConfigError
 from llm.config.fields import Section, option
+from llm.data.arithmetic import SPLITS, ArithmeticConfig, arithmetic_split
 from llm.data.jsonl import DataError, read_jsonl
 from llm.rewards import get_grader, grader_kinds
 from llm.rewards.base import Grade, Problem
 from llm.rewards.extract import parse_integer
 from llm.rewards.training import LOCAL_ANSWER_KINDS, KindGrader, ReasoningGymGrader, grade_exact
 
-TASK_KINDS = ("reasoning_gym", "jsonl")
+TASK_KINDS = ("reasoning_gym", "jsonl", "arithmetic")
 
 
 def answer_kinds() -> tuple[str, ...]:
@@ -57,12 +65,12 @@ class TaskError(ConfigError):
 class TaskConfig(Section):
     """The training task (``task:`` in the YAML config)."""
 
-    kind: str = option("reasoning_gym", choices=TASK_KINDS, help="reasoning_gym (seeded generators) or jsonl "
-                       "(a problem file)")
+    kind: str = option("reasoning_gym", choices=TASK_KINDS, help="reasoning_gym (seeded generators), jsonl "
+                       "(a problem file) or arithmetic (a op b with stated ranges)")
     names: tuple[str, ...] = option(("basic_arithmetic",), help="reasoning_gym: dataset names (e.g. "
                                     "basic_arithmetic, zebra_puzzles, knights_knaves)")
-    size: int = option(256, ge=1, help="reasoning_gym: items per dataset")
-    seed: int = option(0, help="reasoning_gym: generator seed (dataset k uses seed + k)")
+    size: int = option(256, ge=1, help="reasoning_gym: items per dataset; arithmetic: items of the train split")
+    seed: int = option(0, help="reasoning_gym: generator seed (dataset k uses seed + k); arithmetic: shuffle seed")
     dataset_kwargs: dict[str, dict[str, Any]] = option(default_factory=dict, help="reasoning_gym: extra "
                                                        "arguments per dataset name")
     path: str | None = option(None, help="jsonl: the problem file (one JSON object per line)")
@@ -71,6 +79,12 @@ class TaskConfig(Section):
     id_field: str | None = option(None, help="jsonl: field holding a unique id (null: file stem + line)")
     answer_kind: str = option("integer", help="jsonl: grader of the answers: integer, exact or any kind "
                               "registered in llm.rewards (math, zebra, ...)")
+    arithmetic: ArithmeticConfig = option(default_factory=ArithmeticConfig, help="arithmetic: operand ranges, "
+                                          "operators, prompt template, held-out size")
+    split: str = option("train", choices=SPLITS, help="arithmetic: train (what llm.train uses) or heldout (the "
+                        "disjoint evaluation items)")
+    grader: dict[str, Any] = option(default_factory=dict, help="jsonl/arithmetic: options of the registered grader, "
+                                    "e.g. {fallback_last_number: true} for integer answers given in a sentence")
     limit: int | None = option(None, ge=1, help="use only the first N problems")
     contamination_policy: str = option("warn", choices=CONTAMINATION_POLICIES, help="check the training "
                                        "problems against the evaluation benchmarks: error refuses, warn "
@@ -85,12 +99,20 @@ class TaskConfig(Section):
             if unknown:
                 raise TaskError(f"task.dataset_kwargs names datasets not in task.names: {sorted(unknown)}",
                                 key="dataset_kwargs")
-        else:
+        elif self.kind == "jsonl":
             if not self.path:
                 raise TaskError("task.path is required when task.kind is 'jsonl'", key="path")
             if self.answer_kind not in answer_kinds():
                 raise TaskError(f"task.answer_kind must be one of {answer_kinds()}, got {self.answer_kind!r}",
                                 key="answer_kind")
+            if self.answer_kind == "exact" and self.grader:
+                raise TaskError("task.grader: the exact grader takes no options", key="grader")
+        if self.split != "train" and self.kind != "arithmetic":
+            raise TaskError(f"task.split: only kind arithmetic has a held-out split (kind is {self.kind!r})",
+                            key="split")
+        if self.grader and self.kind == "reasoning_gym":
+            raise TaskError("task.grader: reasoning_gym tasks are scored by the dataset's own score_answer",
+                            key="grader")
 
 
 @dataclass
@@ -146,18 +168,35 @@ def read_jsonl_problems(config: TaskConfig) -> list[Problem]:
     return problems
 
 
-def _jsonl_grader(config: TaskConfig) -> Callable[[str, Problem], Grade]:
-    if config.answer_kind == "exact":
-        return grade_exact
-    return get_grader(config.answer_kind)
+def _registered_grader(kind: str, options: dict[str, Any]) -> Callable[[str, Problem], Grade]:
+    try:
+        return get_grader(kind, **options)
+    except TypeError as err:  # an option the grader does not take
+        raise TaskError(f"task.grader: {err}", key="grader") from None
+
+
+def _jsonl_task(config: TaskConfig) -> Task:
+    kind = config.answer_kind
+    grader = grade_exact if kind == "exact" else _registered_grader(kind, config.grader)
+    return Task(read_jsonl_problems(config), KindGrader({kind: grader}), config)
+
+
+def _arithmetic_task(config: TaskConfig) -> Task:
+    problems = arithmetic_split(config.arithmetic, config.seed, config.split, config.size)
+    return Task(problems, KindGrader({"integer": _registered_grader("integer", config.grader)}), config)
+
+
+#: task kind -> builder(config) -> Task
+TASK_BUILDERS: dict[str, Callable[[TaskConfig], Task]] = {
+    "reasoning_gym": _reasoning_gym_task,
+    "jsonl": _jsonl_task,
+    "arithmetic": _arithmetic_task,
+}
 
 
 def load_task(config: TaskConfig) -> Task:
     """Build the task: all problems in memory plus the grader."""
-    if config.kind == "reasoning_gym":
-        task = _reasoning_gym_task(config)
-    else:
-        task = Task(read_jsonl_problems(config), KindGrader({config.answer_kind: _jsonl_grader(config)}), config)
+    task = TASK_BUILDERS[config.kind](config)
     if config.limit is not None:
         task.problems = task.problems[: config.limit]
     return task

@@ -3,6 +3,8 @@
 - :mod:`llm.evaluate.config`: the eval config (:class:`EvalConfig`, :func:`load_eval_config`);
 - :mod:`llm.evaluate.harness`: protocols, traces, resuming, the summary (:func:`evaluate`);
 - :mod:`llm.evaluate.metrics`: avg@K, pass@k, maj@K, bootstrap intervals;
+- :mod:`llm.evaluate.from_run`: ``--run RUN_DIR``: a trained team from its run directory;
+- :mod:`llm.evaluate.compare`: before/after tables of two evaluations (paired bootstrap);
 - :mod:`llm.evaluate.cli`: the command line (run by ``__main__.py``).
 """
 

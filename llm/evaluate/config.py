@@ -19,6 +19,8 @@ from llm.config.yamlio import load_config_file
 from llm.data.benchmarks import BENCHMARKS
 
 PROTOCOLS = ("single", "chain", "best_of", "majority")
+#: the benchmark name of a training run's held-out split (``eval.task_run``)
+TASK_BENCHMARK = "task"
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,8 @@ class BenchmarkEntry(Section):
 
     SHORTHAND: ClassVar[str] = "name"
 
-    name: str = option(help=f"benchmark name, one of {sorted(BENCHMARKS)}")
+    name: str = option(help=f"benchmark name, one of {sorted(BENCHMARKS)}, or {TASK_BENCHMARK!r}: the held-out split "
+                       "of the task of eval.task_run")
     k: int | None = option(None, ge=1, help="samples per problem (null: the papers' K of the benchmark)")
     ks: tuple[int, ...] | None = option(None, help="the k of pass@k (null: 1 and K)")
     limit: int | None = option(None, ge=1, help="evaluate the first N items only")
@@ -39,7 +42,7 @@ class BenchmarkEntry(Section):
     grader: dict[str, Any] = option(default_factory=dict, help="grader options (e.g. {score: cell} for ZebraLogic)")
 
     def validate(self) -> None:
-        if self.name not in BENCHMARKS:
+        if self.name not in BENCHMARKS and self.name != TASK_BENCHMARK:
             raise ConfigError(f"eval.benchmarks: unknown benchmark {self.name!r}; known: {sorted(BENCHMARKS)}",
                               key="name")
         if self.ks is not None:
@@ -50,7 +53,9 @@ class BenchmarkEntry(Section):
 
     @property
     def samples(self) -> int:
-        return self.k if self.k is not None else BENCHMARKS[self.name].k
+        if self.k is not None:
+            return self.k
+        return BENCHMARKS[self.name].k if self.name in BENCHMARKS else 1
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,8 @@ class EvalSection(Section):
     math_timeout_s: int = option(5, ge=1, help="math-verify timeout per answer in seconds")
     contamination: ContaminationSection = option(default_factory=ContaminationSection,
                                                  help="training data to check the evaluation sets against")
+    task_run: str | None = option(None, help=f"an llm.train run directory: benchmark {TASK_BENCHMARK!r} is the "
+                                  "held-out split of its task, graded by its training grader")
     progress: bool = option(True, help="tqdm bars")
 
     def validate(self) -> None:
@@ -100,6 +107,9 @@ class EvalSection(Section):
         names = [b.name + (b.path or "") for b in self.benchmarks]
         if len(set(names)) != len(names):
             raise ConfigError(f"eval.benchmarks lists a benchmark twice: {names}", key="benchmarks")
+        if any(b.name == TASK_BENCHMARK for b in self.benchmarks) and not self.task_run:
+            raise ConfigError(f"eval.benchmarks: {TASK_BENCHMARK!r} needs eval.task_run (a training run directory)",
+                              key="task_run")
         bad = [p for p in self.protocols if p not in PROTOCOLS]
         if bad or not self.protocols:
             raise ConfigError(f"eval.protocols must be a non-empty subset of {list(PROTOCOLS)}, "

@@ -56,7 +56,8 @@ from llm.data.benchmarks import BENCHMARKS, load_benchmark, load_problems
 from llm.data.contamination import check_contamination, enforce
 from llm.data.jsonl import read_jsonl
 from llm.data.tasks import load_task
-from llm.evaluate.config import BenchmarkEntry, ChainRouter, EvalConfig, EvalSection
+from llm.evaluate.config import TASK_BENCHMARK, BenchmarkEntry, ChainRouter, EvalConfig, EvalSection
+from llm.export.run import heldout_task, read_run_config
 from llm.evaluate.metrics import SampleResult, bootstrap_interval, majority_answer, ratio_bootstrap_interval, summarize
 from llm.handoff import render_prompt
 from llm.rewards import get_grader
@@ -300,14 +301,21 @@ def evaluate(config: EvalConfig, team: Any = None, backend: Any = None) -> dict[
     (out_dir / "config.json").write_text(json.dumps(to_plain(config), indent=2, default=str), encoding="utf-8")
 
     problems: dict[str, list[Problem]] = {}
+    graders: dict[str, Callable[[str, Problem], Grade]] = {}
+    kinds: dict[str, str] = {}
     for b in ev.benchmarks:
+        if b.name == TASK_BENCHMARK:  # a training run's held-out split, graded like its training
+            held = heldout_task(read_run_config(ev.task_run), limit=b.limit)
+            problems[b.name], graders[b.name], kinds[b.name] = held.problems, held.grader, held.problems[0].kind
+            continue
         problems[b.name] = load_benchmark(b.name, path=b.path, root=b.root, template=b.template, limit=b.limit,
                                           lang=b.lang, fields=b.fields)
     contamination = run_contamination_check(config, problems)
 
-    graders = {}
     for b in ev.benchmarks:
-        kind = BENCHMARKS[b.name].kind
+        if b.name in graders:
+            continue
+        kind = kinds[b.name] = BENCHMARKS[b.name].kind
         options = dict(b.grader)
         if kind == "autologi":
             options.setdefault("trust_verifier_code", ev.trust_verifier_code)
@@ -324,7 +332,7 @@ def evaluate(config: EvalConfig, team: Any = None, backend: Any = None) -> dict[
 
     runs: list[BenchmarkRun] = []
     for b in ev.benchmarks:
-        runs.append(_run_benchmark(b, problems[b.name], graders[b.name], gen, team, out_dir, ev))
+        runs.append(_run_benchmark(b, problems[b.name], graders[b.name], kinds[b.name], gen, team, out_dir, ev))
     summary = build_summary(runs, team.names if hasattr(team, "names") else [a.name for a in team], ev)
     summary["contamination"] = contamination
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
@@ -334,9 +342,8 @@ def evaluate(config: EvalConfig, team: Any = None, backend: Any = None) -> dict[
     return summary
 
 
-def _run_benchmark(b: BenchmarkEntry, items: list[Problem], grader: Callable[[str, Problem], Grade],
+def _run_benchmark(b: BenchmarkEntry, items: list[Problem], grader: Callable[[str, Problem], Grade], kind: str,
                    gen: TeamGenerator, team: Any, out_dir: Path, ev: EvalSection) -> BenchmarkRun:
-    kind = BENCHMARKS[b.name].kind
     k = b.samples
     run = BenchmarkRun(b.name, kind, k)
     trace_dir = out_dir / "traces" / b.name

@@ -13,11 +13,14 @@ A *checkpoint* names which weights each agent gets:
   trainer keeps only the latest file of each agent unless ``train.keep_checkpoints`` is on; a
   checkpoint whose files were not kept is an error that lists the updates that are available.
 
-:func:`load_run_team` rebuilds the team from the run config and copies the chosen weights in.
+:func:`load_run_team` rebuilds the team from the run config and copies the chosen weights in;
+:func:`heldout_task` is the held-out split of the run's task (what ``llm.evaluate --run`` scores),
+checked against the run's train split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -28,6 +31,8 @@ import yaml
 
 from llm.checkpoint import CURSOR, load_trainable, read_cursor
 from llm.config.errors import ConfigError
+from llm.data.contamination import ContaminationError, check_contamination, enforce
+from llm.data.tasks import Task, load_task
 from llm.team import LLMTeam
 from llm.train.config import RunConfig, config_from_dict
 
@@ -135,3 +140,25 @@ def load_run_team(run_dir: str | Path, checkpoint: str | int = "latest",
         if rel is not None:
             load_trainable(team[j], run_dir / rel, f"{run_dir}: {rel}")
     return config, team, chosen
+
+
+def heldout_task(config: RunConfig, limit: int | None = None) -> Task:
+    """The held-out split of the run's task (problems + the training grader), first ``limit`` items.
+
+    Only tasks with a held-out split qualify (``task.kind: arithmetic``); the split is checked
+    against the run's train split (ids, normalised prompts, n-grams) and any overlap is an error.
+    """
+    task = config.task
+    if task.kind != "arithmetic":
+        raise ConfigError(f"the run's task (kind {task.kind!r}) has no held-out split; evaluate it on benchmarks "
+                          "with --config EVAL.yaml (the team still comes from the run)", key="task.kind")
+    train = load_task(task)
+    held = load_task(dataclasses.replace(task, split="heldout", limit=limit))
+    overlap = set(p.id for p in train.problems) & set(p.id for p in held.problems)
+    try:
+        if overlap:
+            raise ContaminationError(f"held-out ids found in the train split: {sorted(overlap)[:10]}")
+        enforce(check_contamination(train.problems, held.problems), "error", "the held-out split")
+    except ContaminationError as err:
+        raise ConfigError(f"task: {err}", key="task") from err
+    return held
