@@ -4,6 +4,7 @@
     python -m experiments.kl_calibration --quick    # smoke version (tested in the default suite)
     python -m experiments.kl_calibration --cost     # wall time of an update per monitor / step rule
     python -m experiments.kl_calibration --llm      # LLM part (tiny Qwen3 model, CPU)
+    python -m experiments.kl_calibration --llm --cost   # LLM update cost: exact monitor vs none (tiny)
 
 Tabular engine, exact truth. For every study family, radius delta, seed and monitor, a team of
 ``n_agents`` TabularAgents is trained for ``stages`` intermediate stages with the shared core's
@@ -393,6 +394,66 @@ def run_llm_job(cfg: LLMCalibrationConfig, monitor: str, delta: float, seed: int
     return rows
 
 
+def bench_llm_update_cost(preset: str = "tiny", repeats: int = 3, delta: float = 0.01, seed: int = 0,
+                          cfg: LLMCalibrationConfig | None = None) -> list[dict[str, Any]]:
+    """Wall time of one LLM agent update per variant of :data:`COST_VARIANTS` (same start weights,
+    same batch; best of ``repeats``), accepted/rejected steps, monitor passes, ratio against the
+    update without a trust region measured in the same run; also the bytes of the exact monitor's
+    reference (the copy of the trainable parameters) and of the model."""
+    import time
+    from types import SimpleNamespace
+
+    import torch
+
+    from experiments.bench_llm import build_model, preset_config, random_prompts
+    from llm.agent import LLMAgent
+    from llm.rollout.base import SamplingConfig
+    from llm.rollout.hf import HFBackend
+    from trust_region.advantage import AdvantageConfig, compute_advantages
+    from trust_region.update import UpdateConfig, update_agent
+
+    cfg = cfg or LLMCalibrationConfig(preset=preset)
+    qcfg = preset_config(preset)
+    model = build_model(qcfg, torch.device("cpu"), torch.float32, seed)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    eos, pad = qcfg.vocab_size - 1, 0
+    agent = LLMAgent(0, preset, model, SimpleNamespace(pad_token_id=pad, eos_token_id=eos),
+                     temperature=cfg.temperature, micro_batch_size=8, max_new_tokens=cfg.new_tokens)
+    backend = HFBackend([model], [[eos]], [pad], batch_size=cfg.prompts * cfg.group_size, fixed_length=True)
+    sampling = SamplingConfig(max_new_tokens=cfg.new_tokens, temperature=cfg.temperature, top_p=1.0)
+    base = random_prompts(cfg.prompts, cfg.prompt_len, qcfg.vocab_size, seed, exclude=eos)
+    prompts = [p for p in base for _ in range(cfg.group_size)]
+    batch = _even_share_batch(prompts, backend.generate(0, prompts, sampling, seed=seed), cfg.group_size)
+    adv = compute_advantages(batch, 0, AdvantageConfig())
+    ref_bytes = sum(t.numel() * t.element_size() for t in agent.kl_reference(batch).values())
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    out = []
+    for name, kw in COST_VARIANTS:
+        ucfg = UpdateConfig(**{**dict(delta=delta, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size), **kw})
+        best, rep = math.inf, None
+        for _ in range(repeats):
+            model.load_state_dict(start)
+            opt = torch.optim.AdamW(agent.trainable_parameters(), lr=cfg.lr)
+            t0 = time.perf_counter()
+            rep = update_agent(agent, opt, batch, adv, ucfg, rng=np.random.default_rng(seed))
+            best = min(best, time.perf_counter() - t0)
+        out.append(dict(variant=name, wall_ms=1e3 * best, steps=float(rep.n_steps), rejected=float(rep.n_rejected),
+                        monitor_passes=float(rep.n_monitor_passes), kl=rep.kl, reference_mib=ref_bytes / 2**20,
+                        model_mib=model_bytes / 2**20))
+    for r in out:
+        r["ratio_vs_no_tr"] = r["wall_ms"] / out[0]["wall_ms"]
+    return out
+
+
+def print_cost(rows: list[dict[str, Any]]) -> None:
+    print(f"{'variant':<30}{'wall ms':>9}{'ratio':>7}{'steps':>7}{'rejected':>9}{'monitor passes':>15}")
+    for r in rows:
+        print(f"{r['variant']:<30}{r['wall_ms']:>9.2f}{r['ratio_vs_no_tr']:>7.2f}{r['steps']:>7.1f}"
+              f"{r['rejected']:>9.1f}{r['monitor_passes']:>15.1f}")
+    if "reference_mib" in rows[0]:
+        print(f"exact-monitor reference: {rows[0]['reference_mib']:.2f} MiB (model {rows[0]['model_mib']:.2f} MiB)")
+
+
 def run_llm(cfg: LLMCalibrationConfig, root: str | Path | None = None) -> dict[str, Any]:
     """The LLM part (all runs in this process; tqdm over runs); summary per (monitor, delta)."""
     from tqdm import tqdm
@@ -423,6 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cost", action="store_true", help="only the update-cost benchmark (tabular)")
     parser.add_argument("--llm", action="store_true", help="only the LLM part (tiny model; with --quick: smoke)")
     args = parser.parse_args(argv)
+    if args.llm and args.cost:
+        rows = bench_llm_update_cost()
+        print_cost(rows)
+        write_json(results_dir("kl_calibration_cost") / "cost_llm.json", rows)
+        return 0
     if args.llm:
         kw = dict(LLM_QUICK) if args.quick else {}
         kw.update(cli_overrides(args, tuples=("deltas", "monitors"), scalars=("seeds", "out")))
@@ -433,10 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cost:
         limit_blas_threads()
         rows = bench_update_cost()
-        print(f"{'variant':<30}{'wall ms':>9}{'ratio':>7}{'steps':>7}{'rejected':>9}{'monitor passes':>15}")
-        for r in rows:
-            print(f"{r['variant']:<30}{r['wall_ms']:>9.2f}{r['ratio_vs_no_tr']:>7.2f}{r['steps']:>7.1f}"
-                  f"{r['rejected']:>9.1f}{r['monitor_passes']:>15.1f}")
+        print_cost(rows)
         write_json(results_dir("kl_calibration_cost") / "cost.json", rows)
         return 0
     kwargs = dict(QUICK) if args.quick else {}
