@@ -270,7 +270,7 @@ def torch_scalars(shape: Shape, theta: torch.Tensor) -> StageScalars:
         kl0=(d[0] * kl_r * m).sum(-1),
     )
     out = StageScalars(*(list(getattr(vec, k).unbind()) for k in StageScalars.__dataclass_fields__ if k != "v_max"))
-    out.v_max = float(max(q[:-1].abs().max(), v.abs().max()))
+    out.v_max = float(max(q[:-1].abs().max(), v.abs().max()).detach())
     return out
 
 
@@ -507,24 +507,26 @@ def aggregate(results: Sequence[dict], cfg: TightnessConfig) -> list[dict]:
             if not cands:
                 continue
             cands.sort(key=lambda c: -c[0])
-            share, rec = cands[0]
-            hp, resolved, unresolved = math.nan, True, 0
-            while share > 1.0 - HIGH_PRECISION_BAND:
-                hp, resolved = high_precision(rec, key)
-                if resolved:
+            # Walk down the engine shares; near or above 1 the high-precision value replaces the engine's
+            # (and an unresolved one is dropped), until no remaining engine share can beat the best.
+            best, unresolved = None, 0
+            for share, rec in cands:
+                if best is not None and share <= best[0]:
                     break
-                # float64 and the precisions disagree: an artefact, never reported; next candidate
-                unresolved += 1
-                cands.pop(0)
-                hp, resolved = math.nan, True
-                if not cands:
-                    break
-                share, rec = cands[0]
-            if not cands:
+                hp = math.nan
+                if share > 1.0 - HIGH_PRECISION_BAND:
+                    hp, resolved = high_precision(rec, key)
+                    if not resolved:
+                        unresolved += 1
+                        continue
+                value = hp if math.isfinite(hp) else share
+                if best is None or value > best[0]:
+                    best = (value, share, hp, rec)
+            if best is None:
                 continue
-            confirmed = hp if resolved and math.isfinite(hp) else share
+            confirmed, share, hp, rec = best
             rows.append({"bound": key, "gamma": gamma, "share": confirmed, "engine_share": share,
-                         "high_precision_share": hp, "violation": bool(resolved and math.isfinite(hp) and hp > 1.0),
+                         "high_precision_share": hp, "violation": bool(math.isfinite(hp) and hp > 1.0),
                          "unresolved_candidates": unresolved,
                          "optimised_for": rec["optimised_for"], "restarts": sum(r["restarts"] for r in results
                                                                                if r["gamma"] == gamma),
@@ -556,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--out")
+    ap.add_argument("--aggregate-only", action="store_true",
+                    help="run no job: tabulate the finished jobs of results/<out>/jobs/ (e.g. after an interrupt)")
     args = ap.parse_args(argv)
     kw: dict[str, Any] = dict(QUICK) if args.quick else {}
     for name in ("keys", "gammas"):
@@ -573,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         path = job_path(out, cfg, *job[1:])
         (done if path.exists() else todo).append(job)
     results = [json.loads(job_path(out, cfg, *j[1:]).read_text()) for j in done]
+    if args.aggregate_only:
+        todo = []
     t0, cpu0 = time.time(), cpu_seconds()
     # slowest first (multi-agent bounds, high gamma) so that the workers finish together
     todo.sort(key=lambda j: (_parse_key(j[1])[0] not in MULTI_AGENT, -j[2]))
@@ -583,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = aggregate(results, cfg)
     save_run_metadata(out, cfg, sorted({r["seed"] for r in results}))
     write_json(out / "table.json", {"elapsed_s": elapsed, "cpu_s": cpu, "workers": cfg.workers,
-                                    "resumed_jobs": len(done), "jobs": len(jobs), "rows": rows})
+                                    "resumed_jobs": len(done), "jobs": len(jobs), "jobs_tabulated": len(results),
+                                    "rows": rows})
     write_csv(out / "table.csv", [{k: v for k, v in r.items() if k != "record"} for r in rows])
     print(format_table(rows, cfg.gammas))
     n_viol = sum(r["violation"] for r in rows)
@@ -591,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
           f"penalty for prop3.3), engine float64 recheck; shares > {1 - HIGH_PRECISION_BAND:g} rechecked with mpmath "
           f"at {' and '.join(map(str, MP_DIGITS))} digits (must agree); '!' = violation confirmed at high precision "
           f"({n_viol}); terms with penalty < {PENALTY_FLOOR:g} max|V| / (1 - gamma)^2 are not measurable and left out.")
-    print(f"{len(todo)} jobs run ({len(done)} resumed) in {elapsed:.1f} s wall, {cpu:.1f} s CPU, {cfg.workers} worker(s); "
+    print(f"{len(results)} of {len(jobs)} jobs tabulated; {len(todo)} run ({len(done)} resumed) in {elapsed:.1f} s wall, {cpu:.1f} s CPU, {cfg.workers} worker(s); "
           f"results: {out}")
     return 0
 
