@@ -31,6 +31,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from llm.config.fields import Section, option
+
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOXED_SPACE = re.compile(r"\\boxed\s+([^\s$]+)")
 _ANSWER_LINE = re.compile(
@@ -232,27 +234,19 @@ def extract_final_answer(
 
 
 @dataclass(frozen=True)
-class AnswerFormat:
-    """How the final answer is read from a response (shared by both math graders).
+class AnswerFormat(Section):
+    """How the final answer is read from a response (shared by both math graders); every field is
+    a grader option (``grader:`` in YAML). See ``docs/graders.md`` for the reference of each."""
 
-    - ``multiple_boxed``: "last" reads the last ``\\boxed{}``; "join" joins boxes that follow each
-      other closely (``\\boxed{-2} and \\boxed{1}`` -> ``-2,1``) as Math-Verify does.
-    - ``prefer_boxed``: a box wins over a later ``Answer:`` line ("final answer is", ``<answer>``),
-      as in Math-Verify and Qwen2.5-Math; False: whichever anchor comes last wins.
-    - ``cut_trailing_text``: after "Answer:" / "final answer is" keep only the leading answer
-      (``14400. I hope it is correct.`` -> ``14400``), as Math-Verify does.
-    - ``fallback_last_number``: with no anchor at all, read the last number of the response (Qwen2.5-Math's
-      ``use_last_number``, Math-Verify's ``try_extract_without_anchor``); off: a parse failure.
-    """
-
-    multiple_boxed: str = "last"
-    prefer_boxed: bool = False
-    cut_trailing_text: bool = True
-    fallback_last_number: bool = False
-
-    def __post_init__(self) -> None:
-        if self.multiple_boxed not in MULTIPLE_BOXED:
-            raise ValueError(f"{type(self).__name__}.multiple_boxed must be one of {MULTIPLE_BOXED}, got {self.multiple_boxed!r}")
+    multiple_boxed: str = option("last", choices=MULTIPLE_BOXED, help="several boxes: last reads the last "
+                                 "\\boxed{}; join joins boxes close together (\\boxed{-2} and \\boxed{1} -> -2,1) "
+                                 "as Math-Verify does")
+    prefer_boxed: bool = option(False, help="a box wins over a later Answer: line / 'final answer is' / <answer> "
+                                "(Math-Verify, Qwen2.5-Math); false: the anchor that comes last wins")
+    cut_trailing_text: bool = option(True, help="after Answer: / 'final answer is' keep only the leading answer "
+                                     "('14400. I hope it is correct.' -> 14400), as Math-Verify does")
+    fallback_last_number: bool = option(False, help="no anchor at all: read the last number of the response "
+                                        "(Qwen2.5-Math use_last_number, Math-Verify); false: a parse failure")
 
     def read(self, response: str) -> str | None:
         """The final answer of ``response`` under these options, or None (parse failure)."""

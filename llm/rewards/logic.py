@@ -58,6 +58,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from llm.config.errors import ConfigError
+from llm.config.fields import Section, option
 from llm.rewards.base import Grade, Problem
 from llm.rewards.extract import balanced_spans, loads_lenient
 
@@ -189,25 +191,30 @@ def extract_zeroeval_json(text: str) -> Any | None:
 
 
 @dataclass(frozen=True)
-class ZebraGrader:
+class ZebraGrader(Section):
     """Cell and puzzle accuracy of a JSON grid answer (see the module docstring for each option)."""
 
-    score: str = "puzzle"
-    json_repair: bool = False
-    layouts: tuple[str, ...] = ("solution",)
-    keys: str = "exact"
-    cells: str = "strip_lower"
-    list_cells: str = "first"
+    score: str = option("puzzle", choices=("puzzle", "cell"), help="the grade's score: puzzle (1 only when "
+                        "every cell is right) or cell (this puzzle's fraction of right cells)")
+    json_repair: bool = option(False, help="when the last {...} does not parse, try fenced json blocks and "
+                               "earlier objects, with raw tabs and trailing commas (ZeroEval: no)")
+    layouts: tuple[str, ...] = option(("solution",), help=f"accepted answer layouts, a subset of {list(ZEBRA_LAYOUTS)}"
+                                      " (ZeroEval: solution only)")
+    keys: str = option("exact", choices=ZEBRA_KEYS, help="house and attribute keys: exact (ZeroEval) or loose "
+                       "(case, spaces, underscores ignored; a house by its number)")
+    cells: str = option("strip_lower", choices=ZEBRA_CELLS, help="cell match: strip_lower (ZeroEval: lower() and "
+                        "strip() of the ends) or collapse_space (inner whitespace runs count as one space)")
+    list_cells: str = option("first", choices=ZEBRA_LIST_CELLS, help="a list cell: first element (ZeroEval), single "
+                             "(one-element lists only) or wrong")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layouts", (self.layouts,) if isinstance(self.layouts, str) else tuple(self.layouts))
-        if self.score not in ("puzzle", "cell"):
-            raise ValueError(f"ZebraGrader.score must be 'puzzle' or 'cell', got {self.score!r}")
-        for name, allowed in (("keys", ZEBRA_KEYS), ("cells", ZEBRA_CELLS), ("list_cells", ZEBRA_LIST_CELLS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"ZebraGrader.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        super().__post_init__()
+
+    def validate(self) -> None:
         if not self.layouts or set(self.layouts) - set(ZEBRA_LAYOUTS):
-            raise ValueError(f"ZebraGrader.layouts must be a non-empty subset of {ZEBRA_LAYOUTS}, got {self.layouts!r}")
+            raise ConfigError(f"ZebraGrader.layouts must be a non-empty subset of {list(ZEBRA_LAYOUTS)}, "
+                              f"got {list(self.layouts)}", key="layouts")
 
     def _decode(self, response: str) -> tuple[bool, Any]:
         if not self.json_repair:
@@ -321,21 +328,18 @@ def _literal(s: str) -> Any | None:
 
 
 @dataclass(frozen=True)
-class AutoLogiGrader:
+class AutoLogiGrader(Section):
     """Runs the item's own verifier code on the extracted answer (see the module docstring).
 
     ``problem.answer`` must be ``{"Inputs_Check_code": str, "Constraint_List_code": str}``.
     """
 
-    trust_verifier_code: bool = False
-    timeout_s: float = AUTOLOGI_TIMEOUT_S
-    extraction: str = "official"
-
-    def __post_init__(self) -> None:
-        if self.extraction not in AUTOLOGI_EXTRACTIONS:
-            raise ValueError(f"AutoLogiGrader.extraction must be one of {AUTOLOGI_EXTRACTIONS}, got {self.extraction!r}")
-        if self.timeout_s <= 0:
-            raise ValueError(f"AutoLogiGrader.timeout_s must be > 0, got {self.timeout_s}")
+    trust_verifier_code: bool = option(False, help="run the Python verifier code shipped in the data file "
+                                       "(needed to grade; only for files you trust)")
+    timeout_s: float = option(AUTOLOGI_TIMEOUT_S, gt=0, help="time limit of one verification in seconds "
+                              "(20 as the official scorer; a timeout is wrong)")
+    extraction: str = option("official", choices=AUTOLOGI_EXTRACTIONS, help="official (AutoLogi's eval.py step by "
+                             "step) or lenient (indented blocks stripped, whole-word true/false, containers only)")
 
     def __call__(self, response: str, problem: Problem) -> Grade:
         if not self.trust_verifier_code:

@@ -28,7 +28,8 @@ from functools import lru_cache
 from typing import Any
 
 from llm.rewards.base import Grade, Problem
-from llm.rewards.extract import AnswerFormat, parse_integer
+from llm.config.fields import option
+from llm.rewards.extract import MULTIPLE_BOXED, AnswerFormat, parse_integer
 
 
 @dataclass(frozen=True)
@@ -146,13 +147,9 @@ class MathVerifyGrader(AnswerFormat):
     :class:`AnswerFormat`.
     """
 
-    multiple_boxed: str = "join"
-    timeout_s: int = 5
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.timeout_s < 1:
-            raise ValueError(f"MathVerifyGrader.timeout_s must be >= 1 (seconds), got {self.timeout_s}")
+    multiple_boxed: str = option("join", choices=MULTIPLE_BOXED, help="several boxes: join (Math-Verify's rule; "
+                                 "the MATH-500 default) or last")
+    timeout_s: int = option(5, ge=1, help="math-verify time limit per answer in seconds (a timeout is wrong)")
 
     def __call__(self, response: str, problem: Problem) -> Grade:
         gold = str(problem.answer)
