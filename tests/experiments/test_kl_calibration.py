@@ -60,3 +60,13 @@ def test_llm_quick_part_writes_its_files(tmp_path):
         assert r["kl_true"] >= 0
         if r["monitor"] == "exact/train" and r["accepted"]:
             assert r["kl_monitor"] <= r["delta"] and r["kl_exact_batch"] == r["kl_monitor"]
+
+
+def test_llm_update_cost_bench_reports_each_variant():
+    from experiments.kl_calibration import COST_VARIANTS, LLM_QUICK, LLMCalibrationConfig, bench_llm_update_cost
+
+    rows = bench_llm_update_cost(repeats=1, cfg=LLMCalibrationConfig(**LLM_QUICK))
+    assert [r["variant"] for r in rows] == [name for name, _ in COST_VARIANTS]
+    assert rows[0]["rejected"] == 0.0 and all(r["wall_ms"] > 0 for r in rows)
+    assert rows[2]["kl"] <= 0.01  # the exact monitor's accepted state is inside delta
+    assert rows[0]["reference_mib"] == rows[0]["model_mib"]  # full fine-tuning: one frozen copy
