@@ -95,8 +95,7 @@ def boxed_answer(text: str, multiple: str = "last") -> tuple[int, str] | None:
             break
         if prev[2] != parts[-1]:
             parts.append(prev[2])
-        start = prev[0]
-    return spans[-1][0], ",".join(reversed(parts))
+    return start, ",".join(reversed(parts))
 
 
 def last_boxed(text: str, multiple: str = "last") -> str | None:
