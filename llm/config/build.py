@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import types
-from typing import Any, Iterator, Literal, Mapping, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Iterator, Literal, Mapping, Union, get_args, get_origin, get_type_hints
 
 from llm.config.errors import ConfigError, FieldError
 from llm.config.fields import help_text, rule_text
@@ -64,78 +64,113 @@ def _fail(where: str, tp: Any, value: Any) -> ConfigError:
     return ConfigError(f"{where} must be {describe(tp)}, got {shown}", key=where)
 
 
+def _union(value: Any, tp: Any, where: str) -> Any:
+    args = get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise _fail(where, tp, value)
+    options = [a for a in args if a is not type(None)]
+    errors = []
+    for a in options:
+        try:
+            return coerce(value, a, where)
+        except ConfigError as err:
+            errors.append(err)
+    if len(options) == 1 or any(dataclasses.is_dataclass(a) for a in options):
+        raise errors[0]
+    raise _fail(where, tp, value)
+
+
+def _literal(value: Any, tp: Any, where: str) -> Any:
+    if value in get_args(tp) and not isinstance(value, bool):
+        return value
+    raise _fail(where, tp, value)
+
+
+def _bool(value: Any, tp: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _fail(where, tp, value)
+
+
+def _int(value: Any, tp: Any, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise _fail(where, tp, value)
+
+
+def _float(value: Any, tp: Any, where: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and _NUMBER.match(value.strip()):  # PyYAML reads 1e-3 as a string
+        return float(value.strip())
+    raise _fail(where, tp, value)
+
+
+def _str(value: Any, tp: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise _fail(where, tp, value)
+
+
+def _tuple(value: Any, tp: Any, where: str) -> tuple:
+    args = get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        raise _fail(where, tp, value)
+    if not args:
+        return tuple(value)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise ConfigError(f"{where} must be a list of {len(args)} values, got {list(value)!r}", key=where)
+    return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+
+
+def _list(value: Any, tp: Any, where: str) -> list:
+    args = get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        raise _fail(where, tp, value)
+    return [coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
+
+
+def _dict(value: Any, tp: Any, where: str) -> dict:
+    args = get_args(tp)
+    if not isinstance(value, Mapping):
+        raise _fail(where, tp, value)
+    if len(args) == 2:
+        return {k: coerce(v, args[1], join(where, str(k))) for k, v in value.items()}
+    return dict(value)
+
+
+def _section(value: Any, tp: Any, where: str) -> Any:
+    shorthand = getattr(tp, "SHORTHAND", None)
+    if isinstance(value, str) and shorthand:
+        value = {shorthand: value}
+    return build(tp, value, where)
+
+
+#: type (or generic origin) -> converter(value, type, where)
+CONVERTERS: dict[Any, Callable[[Any, Any, str], Any]] = {
+    Literal: _literal, bool: _bool, int: _int, float: _float, str: _str, tuple: _tuple, list: _list, dict: _dict,
+}
+
+
 def coerce(value: Any, tp: Any, where: str) -> Any:
     """``value`` converted to type ``tp`` (see the module docstring); ConfigError naming ``where``."""
     if tp is Any:
         return value
     if _is_union(tp):
-        args = get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise _fail(where, tp, value)
-        options = [a for a in args if a is not type(None)]
-        errors = []
-        for a in options:
-            try:
-                return coerce(value, a, where)
-            except ConfigError as err:
-                errors.append(err)
-        if len(options) == 1 or any(dataclasses.is_dataclass(a) for a in options):
-            raise errors[0]
-        raise _fail(where, tp, value)
+        return _union(value, tp, where)
     if value is None:
         raise _fail(where, tp, value)
-    origin, args = get_origin(tp), get_args(tp)
-    if origin is Literal:
-        if value in args and not isinstance(value, bool):
-            return value
-        raise _fail(where, tp, value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _fail(where, tp, value)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise _fail(where, tp, value)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _NUMBER.match(value.strip()):
-            return float(value.strip())
-        raise _fail(where, tp, value)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _fail(where, tp, value)
-    if origin is tuple or tp is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _fail(where, tp, value)
-        if not args:
-            return tuple(value)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where} must be a list of {len(args)} values, got {list(value)!r}", key=where)
-        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is list or tp is list:
-        if not isinstance(value, (list, tuple)):
-            raise _fail(where, tp, value)
-        return [coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
-    if origin is dict or tp is dict:
-        if not isinstance(value, Mapping):
-            raise _fail(where, tp, value)
-        if len(args) == 2:
-            return {k: coerce(v, args[1], join(where, str(k))) for k, v in value.items()}
-        return dict(value)
+    convert = CONVERTERS.get(get_origin(tp) or tp)
+    if convert is not None:
+        return convert(value, tp, where)
     if dataclasses.is_dataclass(tp):
-        shorthand = getattr(tp, "SHORTHAND", None)
-        if isinstance(value, str) and shorthand:
-            value = {shorthand: value}
-        return build(tp, value, where)
+        return _section(value, tp, where)
     if isinstance(tp, type) and not isinstance(value, tp):
         raise _fail(where, tp, value)
     return value
