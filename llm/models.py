@@ -184,7 +184,9 @@ def load_tokenizer(agent: AgentConfig) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=agent.trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"agent {agent.name!r}: cannot load a tokenizer from {spec!r}: {err}") from err
+        hint = f" (there is no local directory {spec} either)" if not _looks_local(spec) else ""
+        raise ConfigError(f"agent {agent.name!r}: cannot load a tokenizer from {spec!r}{hint}: "
+                          f"{' '.join(str(err).split())[:300]}") from err
     if not getattr(tok, "chat_template", None):
         raise ConfigError(
             f"agent {agent.name!r}: the tokenizer of {spec!r} has no chat template; use an instruct/chat "
