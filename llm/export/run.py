@@ -10,8 +10,9 @@ A *checkpoint* names which weights each agent gets:
 - ``"latest"`` (default): the cursor's files (the end of the run, or where it was stopped);
 - ``"base"`` or ``0``: no trained weights at all (the team the run started from; "before training");
 - ``N`` (an update number): every agent's weights after its last update at or before update N. The
-  trainer keeps only the latest file of each agent unless ``train.keep_checkpoints`` is on; a
-  checkpoint whose files were not kept is an error that lists the updates that are available.
+  trainer keeps only the latest weights file of each agent, so N works when those files are the
+  ones N needs (N = the last update, or any N after each agent's last update); otherwise it is an
+  error that lists the kept updates.
 
 :func:`load_run_team` rebuilds the team from the run config and copies the chosen weights in;
 :func:`heldout_task` is the held-out split of the run's task (what ``llm.evaluate --run`` scores),
@@ -122,8 +123,8 @@ def resolve_checkpoint(run_dir: str | Path, checkpoint: str | int = "latest", n_
         rel = f"checkpoints/agent{j}/weights-u{last:06d}.safetensors"
         if not (run_dir / rel).is_file():
             raise ConfigError(f"checkpoint {n}: agent {j}'s weights after update {last} were not kept (kept updates "
-                              f"of agent {j}: {kept_updates(run_dir, j)}; set train.keep_checkpoints: true to keep "
-                              "every update)", key="checkpoint")
+                              f"of agent {j}: {kept_updates(run_dir, j)}; the trainer keeps each agent's latest weights "
+                              "only)", key="checkpoint")
         files[j] = rel
     return RunCheckpoint(run_dir, n, files)
 

@@ -17,7 +17,7 @@ from llm.train.trainer import Trainer
 
 
 def _train(tmp_path, dirs, tiny_run_config, grader, lora: bool, **train):
-    cfg = tiny_run_config(dirs, tmp_path / "run", stages=1, **train)
+    cfg = tiny_run_config(dirs, tmp_path / "run", **{"stages": 1, **train})
     cfg["team"]["agents"] = cfg["team"]["agents"][:2]  # tiny Qwen3 + tiny Llama (two tokenizers)
     if lora:
         for agent in cfg["team"]["agents"]:
@@ -70,16 +70,19 @@ def test_export_round_trip_matches_trainer_log_probs(tmp_path, tiny_model_dirs, 
 
 
 def test_checkpoint_choice(tmp_path, tiny_model_dirs, tiny_run_config, parity_grader):
-    result, batch = _train(tmp_path, tiny_model_dirs, tiny_run_config, parity_grader, lora=False)
+    result, batch = _train(tmp_path, tiny_model_dirs, tiny_run_config, parity_grader, lora=False, stages=2)
     run = result.output_dir
     latest = resolve_checkpoint(run, "latest")
-    assert latest.update == result.updates_done == 2
-    assert all(f is not None for f in latest.files.values())
+    assert latest.update == result.updates_done == 4
+    assert latest.files == {0: "checkpoints/agent0/weights-u000003.safetensors",
+                            1: "checkpoints/agent1/weights-u000004.safetensors"}
     assert resolve_checkpoint(run, "base").files == {0: None, 1: None}
-    # update 2 is the latest file of agent 1; agent 0's file of update 1 is kept too (it is the latest of agent 0)
-    assert resolve_checkpoint(run, 2).files == latest.files
-    with pytest.raises(ConfigError, match="has done 2 updates"):
+    assert resolve_checkpoint(run, 4).files == latest.files
+    # update 3 needs agent 1's weights after update 2, which the trainer did not keep
+    with pytest.raises(ConfigError, match=r"agent 1's weights after update 2 were not kept \(kept updates of agent 1: \[4\]"):
         resolve_checkpoint(run, 3)
+    with pytest.raises(ConfigError, match="has done 4 updates"):
+        resolve_checkpoint(run, 5)
     with pytest.raises(ConfigError, match="latest"):
         resolve_checkpoint(run, "best")
     # the base team is the untrained one: its log-probs differ from the trained team's
