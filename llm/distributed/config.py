@@ -22,6 +22,8 @@ class AgentResources(Section):
                              "torch thread count, at least 1)")
     num_gpus: float = option(0.0, ge=0, help="GPUs per worker (1 for an agent that trains on its own GPU; "
                              "fractions share a GPU)")
+    engine_gpus: float = option(0.0, ge=0, help="extra GPUs for rank 0 only: the agent's generation engine (vLLM "
+                                "sees them as the devices after the training GPU(s); sampling.vllm.devices)")
     world_size: int = option(1, ge=1, help="workers of the agent; > 1 shards its weights, gradients and AdamW "
                              "state with FSDP2 (gloo on CPU, NCCL on GPU)")
 

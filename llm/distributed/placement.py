@@ -14,6 +14,7 @@ last checkpoint when the same command is run again (``llm.train`` resumes by def
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -134,8 +135,9 @@ def worker_specs(team_config: TeamConfig, temperature: float, sampling: Sampling
     specs = []
     for j, agent in enumerate(team_config.agents):
         res = section.resources(agent.name)
+        engine = f"cuda:{math.ceil(res.num_gpus)}" if res.engine_gpus >= 1 else None  # after the training GPU(s)
         specs.append(WorkerSpec(agent_id=j, agent=agent, temperature=temperature, sampling=sampling, seed=seed,
-                                world_size=res.world_size, num_threads=res.threads))
+                                world_size=res.world_size, num_threads=res.threads, engine_device=engine))
     return specs
 
 
@@ -161,8 +163,8 @@ def start_remote_team(team_config: TeamConfig, temperature: float, sampling: Sam
     groups: list[RayGroup] = []
     for spec in specs:
         res = section.resources(spec.agent.name)
-        opts = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_restarts": 0}
-        handles = [actor_cls.options(**opts).remote(with_rank(spec, r)) for r in range(spec.world_size)]
+        handles = [actor_cls.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus + (res.engine_gpus if r == 0 else 0),
+                                     max_restarts=0).remote(with_rank(spec, r)) for r in range(spec.world_size)]
         groups.append(RayGroup(ray, spec.agent.name, spec.agent_id, handles))
     setups = []  # load all agents in parallel
     for group in groups:

@@ -26,10 +26,12 @@ scalars; weights stay in the actors.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections import OrderedDict
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
+from torch.utils.hooks import RemovableHandle
 
 from llm.distributed.wire import batch_to_wire, rank_rows
 from llm.rollout.base import Generation, SamplingConfig
@@ -180,6 +182,13 @@ class RemoteOptimizer:
     def __init__(self, agent: RemoteAgent, lr: float) -> None:
         self.agent = agent
         self.param_groups = [{"params": [agent.grad_norm_carrier], "lr": float(lr)}]
+        self._post_hooks: OrderedDict[int, Callable[..., None]] = OrderedDict()  # weak-referenceable
+
+    def register_step_post_hook(self, hook: Callable[..., None]) -> RemovableHandle:
+        """As ``torch.optim.Optimizer``'s: ``hook(optimizer, args, kwargs)`` after every step."""
+        handle = RemovableHandle(self._post_hooks)
+        self._post_hooks[handle.id] = hook
+        return handle
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.agent.grad_norm_carrier.grad = None
@@ -187,6 +196,8 @@ class RemoteOptimizer:
 
     def step(self) -> None:
         self.agent._step([g["lr"] for g in self.param_groups])
+        for hook in list(self._post_hooks.values()):
+            hook(self, (), {})
 
     def state_dict(self) -> dict[str, int]:
         """A handle to a copy of the optimizer state kept in the actor (only the latest is kept)."""

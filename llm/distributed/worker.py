@@ -43,7 +43,9 @@ class WorkerSpec:
     ``agent_id``: the agent's index j in the team; ``agent``: its config section; ``temperature``:
     the policy temperature; ``sampling``: the run's sampling section (None: this worker generates
     nothing); ``seed``: torch seed before the model is built (the local trainer seeds the same way);
-    ``rank``/``world_size``: position in the agent's FSDP group; ``num_threads``: torch CPU threads.
+    ``rank``/``world_size``: position in the agent's FSDP group; ``num_threads``: torch CPU threads;
+    ``engine_device``: where rank 0 of a sharded agent keeps its unsharded generation replica
+    (None: the agent's own device).
     """
 
     agent_id: int
@@ -54,6 +56,7 @@ class WorkerSpec:
     rank: int = 0
     world_size: int = 1
     num_threads: int | None = None
+    engine_device: str | None = None
 
 
 class AgentWorker:
@@ -101,7 +104,8 @@ class AgentWorker:
             engine_team = team
             if s.world_size > 1:  # the generation engine is an unsharded replica on rank 0
                 torch.manual_seed(s.seed)
-                engine_team = LLMTeam.from_config(TeamConfig(agents=(s.agent,)), temperature=s.temperature)
+                engine_spec = s.agent if s.engine_device is None else replace(s.agent, device=s.engine_device)
+                engine_team = LLMTeam.from_config(TeamConfig(agents=(engine_spec,)), temperature=s.temperature)
                 self._replica = engine_team[0]
             self._backend = make_backend(s.sampling, engine_team)
         return {"name": self.agent.name, "pid": os.getpid(), "exact_kl": supports_exact_kl(self.agent),

@@ -9,6 +9,7 @@ Top level (:class:`RunConfig`)::
                directly: mode, prefix_reuse, resample_every, prompts_per_stage, group_size,
                advantage.*, update.*, certificate.*, is_log_ratio_clip, ...
     output_dir, tensorboard, progress
+    placement (local | ray), ray: address, per-agent num_cpus / num_gpus / world_size (llm.distributed)
 
 The ``train`` keys of the core are read from its dataclasses (:func:`llm.config.build`), so a field
 added to StageConfig / UpdateConfig / AdvantageConfig appears here, in ``--set`` and in ``--help``
@@ -29,6 +30,7 @@ from llm.config.fields import Section, option
 from llm.config.sections import SamplingSection, TeamConfig
 from llm.config.yamlio import load_config_file
 from llm.data.tasks import TaskConfig
+from llm.distributed.config import PLACEMENTS, RaySection
 from trust_region.stage import StageConfig
 
 
@@ -66,10 +68,19 @@ class RunConfig(Section):
     output_dir: str = option("runs/default", help="run directory (checkpoints, metrics.jsonl, cursor.json)")
     tensorboard: bool = option(False, help="also write TensorBoard scalars to output_dir/tb")
     progress: bool = option(True, help="tqdm bars (updates, rollout messages, update steps)")
+    placement: str = option("local", choices=PLACEMENTS, help="where the agents run: local (this process) or ray "
+                            "(one Ray actor group per agent, FSDP2 inside an agent; docs/distributed.md)")
+    ray: RaySection = option(default_factory=RaySection, help="the Ray cluster and per-agent resources "
+                             "(placement: ray)")
 
     def validate(self) -> None:
         if isinstance(self.train.order, tuple):
             self.team.check_order(self.train.order, "train.order")
+        if self.placement == "ray":
+            self.ray.check_names(self.team.names)
+            if self.train.stage.update.backtrack == "line_search":
+                raise ConfigError("placement: ray needs train.update.backtrack: retry (the line search edits "
+                                  "parameters in the driver, which holds none)", key="train.update.backtrack")
 
     def stage_config(self) -> StageConfig:
         """The core's StageConfig of ``train`` (agent names of ``train.order`` as indices)."""

@@ -126,9 +126,17 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.config
         torch.manual_seed(cfg.train.seed)
-        self.team = LLMTeam.from_config(cfg.team, temperature=cfg.sampling.temperature, tokenizers=self.tokenizers)
-        self.optimizers = self.team.make_optimizers()
-        self.backend = make_backend(cfg.sampling, self.team)
+        self.remote = None
+        if cfg.placement == "ray":  # one actor group per agent; the driver holds proxies
+            from llm.distributed.placement import start_remote_team
+
+            self.remote = start_remote_team(cfg.team, cfg.sampling.temperature, cfg.sampling, cfg.train.seed,
+                                            cfg.ray, tokenizers=self.tokenizers)
+            self.team, self.optimizers, self.backend = self.remote.team, self.remote.optimizers, self.remote.backend
+        else:
+            self.team = LLMTeam.from_config(cfg.team, temperature=cfg.sampling.temperature, tokenizers=self.tokenizers)
+            self.optimizers = self.team.make_optimizers()
+            self.backend = make_backend(cfg.sampling, self.team)
         self.sampler = TeamSampler(self.backend, self.task.grader, temperature=cfg.sampling.temperature,
                                    top_p=cfg.sampling.top_p, seed=cfg.train.seed + 1,
                                    recompute_logprobs=cfg.sampling.recompute_logprobs, progress=cfg.progress)
@@ -147,7 +155,7 @@ class Trainer:
         now = self.resolved_config()
         for d in (saved, now):
             d.get("train", {}).pop("stages", None)
-            for k in ("output_dir", "tensorboard", "progress"):
+            for k in ("output_dir", "tensorboard", "progress", "placement", "ray"):  # either placement resumes
                 d.pop(k, None)
         if json.dumps(json_floats(saved), sort_keys=True, default=str) != json.dumps(
             json_floats(yaml.safe_load(yaml.safe_dump(now))), sort_keys=True, default=str
@@ -161,11 +169,17 @@ class Trainer:
         d = self.output_dir / "checkpoints" / f"agent{j}"
         w = d / f"weights-u{tag:06d}.safetensors"
         o = d / f"optim-u{tag:06d}.pt"
-        atomic_save_safetensors(w, dict(agent.named_trainable_parameters()), metadata={"agent": agent.name})
-        atomic_torch_save(o, self.optimizers[j].state_dict())
+        if self.remote is not None:  # written by the agent's actor (rank 0), same format
+            agent.save(str(w), str(o), {"agent": agent.name})
+        else:
+            atomic_save_safetensors(w, dict(agent.named_trainable_parameters()), metadata={"agent": agent.name})
+            atomic_torch_save(o, self.optimizers[j].state_dict())
         return {"weights": str(w.relative_to(self.output_dir)), "optimizer": str(o.relative_to(self.output_dir))}
 
     def _load_agent(self, j: int, files: dict[str, str]) -> None:
+        if self.remote is not None:
+            self.team[j].load(str(self.output_dir / files["weights"]), str(self.output_dir / files["optimizer"]))
+            return
         load_trainable(self.team[j], self.output_dir / files["weights"], f"checkpoint {files['weights']}")
         state = torch.load(self.output_dir / files["optimizer"], weights_only=True, map_location="cpu")
         self.optimizers[j].load_state_dict(state)
@@ -358,6 +372,8 @@ class Trainer:
             close_backend = getattr(self.backend, "close", None)  # vLLM engines hold memory and processes
             if callable(close_backend):
                 close_backend()
+            if self.remote is not None:
+                self.remote.shutdown()
             if self._tb is not None:
                 self._tb.close()
         return TrainResult(self.team, reports, self.output_dir, state.updates_done, self.sampler, resumed_from)

@@ -202,3 +202,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One small local Ray cluster for the whole pytest run (2 CPUs, 200 MB object store, no
+    dashboard); skips the test when Ray is not installed (pip install -e ".[distributed]")."""
+    ray = pytest.importorskip("ray")
+    from llm.distributed.config import RaySection
+    from llm.distributed.placement import ensure_ray
+
+    ensure_ray(RaySection(num_cpus=2, object_store_memory_mb=200))
+    yield ray
+    ray.shutdown()

@@ -21,7 +21,7 @@ pytest.importorskip("ray")
 
 from llm.config.sections import AgentConfig, OptimizerConfig, TeamConfig  # noqa: E402
 from llm.distributed.config import AgentResources, RaySection  # noqa: E402
-from llm.distributed.placement import ensure_ray, start_remote_team  # noqa: E402
+from llm.distributed.placement import start_remote_team  # noqa: E402
 from llm.team import LLMTeam  # noqa: E402
 from trust_region.batch import MessageBatch  # noqa: E402
 from trust_region.update import UpdateConfig, update_agent  # noqa: E402
@@ -62,8 +62,7 @@ def rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[fl
 
 
 @pytest.fixture(scope="module")
-def sharded(tiny_qwen3_dir):
-    ensure_ray(RaySection(num_cpus=2, object_store_memory_mb=200))
+def sharded(ray_cluster, tiny_qwen3_dir):
     spec = AgentConfig(name="solver", model=str(tiny_qwen3_dir), optimizer=OptimizerConfig(lr=1e-3, weight_decay=0.0),
                        micro_batch_size=2)
     team_config = TeamConfig(agents=(spec,))
