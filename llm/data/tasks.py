@@ -84,7 +84,8 @@ class TaskConfig(Section):
     split: str = option("train", choices=SPLITS, help="arithmetic: train (what llm.train uses) or heldout (the "
                         "disjoint evaluation items)")
     grader: dict[str, Any] = option(default_factory=dict, help="jsonl/arithmetic: options of the registered grader, "
-                                    "e.g. {fallback_last_number: true} for integer answers given in a sentence")
+                                    "e.g. {fallback_last_number: true} for integer answers given in a sentence; "
+                                    "reasoning_gym: {partial_credit: false} drops reasoning-gym's substring credit")
     limit: int | None = option(None, ge=1, help="use only the first N problems")
     contamination_policy: str = option("warn", choices=CONTAMINATION_POLICIES, help="check the training "
                                        "problems against the evaluation benchmarks: error refuses, warn "
@@ -110,9 +111,6 @@ class TaskConfig(Section):
         if self.split != "train" and self.kind != "arithmetic":
             raise TaskError(f"task.split: only kind arithmetic has a held-out split (kind is {self.kind!r})",
                             key="split")
-        if self.grader and self.kind == "reasoning_gym":
-            raise TaskError("task.grader: reasoning_gym tasks are scored by the dataset's own score_answer",
-                            key="grader")
 
 
 @dataclass
@@ -141,7 +139,11 @@ def _reasoning_gym_task(config: TaskConfig) -> Task:
                 Problem(id=f"{name}/{config.seed + k}/{i}", prompt=entry["question"], answer=entry["answer"],
                         kind="reasoning_gym", meta={"dataset": name, "entry": entry})
             )
-    return Task(problems, KindGrader({"reasoning_gym": ReasoningGymGrader(datasets)}), config)
+    try:
+        grader = ReasoningGymGrader(datasets, **config.grader)  # {partial_credit: false}: no substring credit
+    except TypeError as err:  # an option the grader does not take
+        raise TaskError(f"task.grader: {err}", key="grader") from None
+    return Task(problems, KindGrader({"reasoning_gym": grader}), config)
 
 
 def read_jsonl_problems(config: TaskConfig) -> list[Problem]:

@@ -62,3 +62,19 @@ def test_reasoning_gym_score_clips_and_binarises() -> None:
     assert reasoning_gym_score(Scorer(0.5), "a", {}) == 0.5
     assert reasoning_gym_score(Scorer(0.5), "a", {}, partial_credit=False) == 0.0
     assert reasoning_gym_score(Scorer(1.0), "a", {}, partial_credit=False) == 1.0
+
+
+def test_reasoning_gym_task_grader_option_from_config() -> None:
+    """``task.grader: {partial_credit: false}`` reaches the reasoning-gym grader; unknown options
+    are a config error."""
+    from llm.data.tasks import TaskConfig, TaskError, load_task
+
+    strict = load_task(TaskConfig(kind="reasoning_gym", names=("basic_arithmetic",), size=20, seed=3,
+                                  grader={"partial_credit": False}))
+    lenient = load_task(TaskConfig(kind="reasoning_gym", names=("basic_arithmetic",), size=20, seed=3))
+    p = next(q for q in strict.problems if q.answer.isdigit())
+    assert lenient.grader(f"Answer: -{p.answer}", p).score > 0.0
+    assert strict.grader(f"Answer: -{p.answer}", p).score == 0.0
+    assert strict.grader(f"Answer: {p.answer}", p).score == 1.0
+    with pytest.raises(TaskError, match="task.grader"):
+        load_task(TaskConfig(kind="reasoning_gym", names=("basic_arithmetic",), size=2, grader={"nope": 1}))
