@@ -344,78 +344,94 @@ def evaluate(config: EvalConfig, team: Any = None, backend: Any = None) -> dict[
 
 def _run_benchmark(b: BenchmarkEntry, items: list[Problem], grader: Callable[[str, Problem], Grade], kind: str,
                    gen: TeamGenerator, team: Any, out_dir: Path, ev: EvalSection) -> BenchmarkRun:
-    k = b.samples
-    run = BenchmarkRun(b.name, kind, k)
+    run = BenchmarkRun(b.name, kind, b.samples)
     trace_dir = out_dir / "traces" / b.name
     index = {p.id: i for i, p in enumerate(items)}
     names = [a.name for a in team]
-    need_single = any(p in ev.protocols for p in ("single", "best_of", "majority"))
-
-    if need_single:
-        path = trace_dir / "single.jsonl"
-        done = _resumable(path, index, k, names)
-        todo = [p for p in items if p.id not in done]
-        start, tokens0 = time.monotonic(), dict(gen.tokens_by_agent)
-        bar = _progress(len(todo), f"{b.name} single", ev.progress)
-        for chunk in _chunks(todo, ev.problems_per_step):
-            msgs = gen.single(chunk, k, seed=ev.seed * 7919 + index[chunk[0].id] + 1)
-            for p, per_agent in zip(chunk, msgs):
-                rec = _base_record(p, "single", k, names)
-                rec["agents"] = [
-                    {"agent": names[j], "samples": [{"sample": s, "messages": [m.as_dict()], **grade_record(grader(m.text, p))}
-                                                    for s, m in enumerate(per_agent[j])]}
-                    for j in range(len(names))
-                ]
-                _append(path, rec)
-                done[p.id] = rec
-            bar.update(len(chunk))
-        bar.close()
-        elapsed = time.monotonic() - start
-        for j, name in enumerate(names):
-            run.tokens[f"single/{name}"] = gen.tokens_by_agent.get(j, 0) - tokens0.get(j, 0)
-            run.seconds[f"single/{name}"] = elapsed  # the phase generates for all agents together
-        per_problem = [done[p.id] for p in items]
-        for j, name in enumerate(names):
-            run.results[f"single/{name}"] = [[sample_result(kind, s) for s in rec["agents"][j]["samples"]] for rec in per_problem]
-            if kind == "zebra":
-                _add_cells(run, f"single/{name}", items, [rec["agents"][j]["samples"] for rec in per_problem])
-        per_agent_results = [[run.results[f"single/{n}"][i] for n in names] for i in range(len(items))]
-        if "best_of" in ev.protocols:
-            best = [best_of_with_winners(pa) for pa in per_agent_results]
-            run.results["best_of"] = [x[0] for x in best]
-            _write_derived(trace_dir / "best_of.jsonl", "best_of", items, k, best, names)
-        if "majority" in ev.protocols:
-            maj = [majority_samples(pa) for pa in per_agent_results]
-            run.results["majority"] = [m[0] for m in maj]
-            _write_derived(trace_dir / "majority.jsonl", "majority", items, k, maj, names)
-
+    if any(p in ev.protocols for p in ("single", "best_of", "majority")):
+        _run_single(run, items, grader, gen, trace_dir, index, names, ev)
+        _run_derived(run, items, trace_dir, names, ev)
     if "chain" in ev.protocols:
-        path = trace_dir / "chain.jsonl"
-        done = _resumable(path, index, k, names)
-        todo = [p for p in items if p.id not in done]
-        start, tokens0 = time.monotonic(), gen.tokens_generated
-        bar = _progress(len(todo), f"{b.name} chain", ev.progress)
-        for chunk in _chunks(todo, ev.problems_per_step):
-            seed = ev.seed * 7919 + index[chunk[0].id] + 1
-            schedules = gen.schedules([index[p.id] for p in chunk], k, seed)
-            trajs, grades = gen.chain(chunk, schedules, seed, grader)
-            for i, (p, per_sample) in enumerate(zip(chunk, trajs)):
-                rec = _base_record(p, "chain", k, names)
-                rec["samples"] = [
-                    {"sample": s, "schedule": [names[a] for a in schedules[i][s]],
-                     "messages": [m.as_dict() for m in msgs], **grade_record(grades[i][s])}
-                    for s, msgs in enumerate(per_sample)
-                ]
-                _append(path, rec)
-                done[p.id] = rec
-            bar.update(len(chunk))
-        bar.close()
-        run.tokens["chain"] = gen.tokens_generated - tokens0
-        run.seconds["chain"] = time.monotonic() - start
-        run.results["chain"] = [[sample_result(kind, s) for s in done[p.id]["samples"]] for p in items]
-        if kind == "zebra":
-            _add_cells(run, "chain", items, [done[p.id]["samples"] for p in items])
+        _run_chain(run, items, grader, gen, trace_dir, index, names, ev)
     return run
+
+
+def _fill_traces(path: Path, items: list[Problem], index: dict[str, int], k: int, names: list[str], desc: str,
+                 ev: EvalSection, records_of: Callable[[list[Problem]], list[dict[str, Any]]]) -> dict[str, Any]:
+    """Generate the problems not yet in the trace file ``path``, ``ev.problems_per_step`` at a time
+    (``records_of(chunk)``: one record per problem), each appended once graded; returns problem id
+    -> record for every finished problem."""
+    done = _resumable(path, index, k, names)
+    todo = [p for p in items if p.id not in done]
+    bar = _progress(len(todo), desc, ev.progress)
+    for chunk in _chunks(todo, ev.problems_per_step):
+        for p, rec in zip(chunk, records_of(chunk)):
+            _append(path, rec)
+            done[p.id] = rec
+        bar.update(len(chunk))
+    bar.close()
+    return done
+
+
+def _run_single(run: BenchmarkRun, items: list[Problem], grader: Callable[[str, Problem], Grade],
+                gen: TeamGenerator, trace_dir: Path, index: dict[str, int], names: list[str], ev: EvalSection) -> None:
+    """Every agent answers alone: ``single/<agent>`` results, tokens and seconds."""
+    k, kind = run.k, run.kind
+
+    def records(chunk: list[Problem]) -> list[dict[str, Any]]:
+        msgs = gen.single(chunk, k, seed=ev.seed * 7919 + index[chunk[0].id] + 1)
+        return [{**_base_record(p, "single", k, names), "agents": [
+            {"agent": names[j], "samples": [{"sample": s, "messages": [m.as_dict()], **grade_record(grader(m.text, p))}
+                                            for s, m in enumerate(per_agent[j])]}
+            for j in range(len(names))]} for p, per_agent in zip(chunk, msgs)]
+
+    start, tokens0 = time.monotonic(), dict(gen.tokens_by_agent)
+    done = _fill_traces(trace_dir / "single.jsonl", items, index, k, names, f"{run.name} single", ev, records)
+    elapsed = time.monotonic() - start
+    per_problem = [done[p.id] for p in items]
+    for j, name in enumerate(names):
+        run.tokens[f"single/{name}"] = gen.tokens_by_agent.get(j, 0) - tokens0.get(j, 0)
+        run.seconds[f"single/{name}"] = elapsed  # the phase generates for all agents together
+        run.results[f"single/{name}"] = [[sample_result(kind, s) for s in rec["agents"][j]["samples"]]
+                                         for rec in per_problem]
+        if kind == "zebra":
+            _add_cells(run, f"single/{name}", items, [rec["agents"][j]["samples"] for rec in per_problem])
+
+
+def _run_derived(run: BenchmarkRun, items: list[Problem], trace_dir: Path, names: list[str], ev: EvalSection) -> None:
+    """best_of and majority from the single-agent samples (no model calls)."""
+    per_agent_results = [[run.results[f"single/{n}"][i] for n in names] for i in range(len(items))]
+    if "best_of" in ev.protocols:
+        best = [best_of_with_winners(pa) for pa in per_agent_results]
+        run.results["best_of"] = [x[0] for x in best]
+        _write_derived(trace_dir / "best_of.jsonl", "best_of", items, run.k, best, names)
+    if "majority" in ev.protocols:
+        maj = [majority_samples(pa) for pa in per_agent_results]
+        run.results["majority"] = [m[0] for m in maj]
+        _write_derived(trace_dir / "majority.jsonl", "majority", items, run.k, maj, names)
+
+
+def _run_chain(run: BenchmarkRun, items: list[Problem], grader: Callable[[str, Problem], Grade],
+               gen: TeamGenerator, trace_dir: Path, index: dict[str, int], names: list[str], ev: EvalSection) -> None:
+    """The training protocol: team trajectories, the last message graded."""
+    k, kind = run.k, run.kind
+
+    def records(chunk: list[Problem]) -> list[dict[str, Any]]:
+        seed = ev.seed * 7919 + index[chunk[0].id] + 1
+        schedules = gen.schedules([index[p.id] for p in chunk], k, seed)
+        trajs, grades = gen.chain(chunk, schedules, seed, grader)
+        return [{**_base_record(p, "chain", k, names), "samples": [
+            {"sample": s, "schedule": [names[a] for a in schedules[i][s]],
+             "messages": [m.as_dict() for m in msgs], **grade_record(grades[i][s])}
+            for s, msgs in enumerate(per_sample)]} for i, (p, per_sample) in enumerate(zip(chunk, trajs))]
+
+    start, tokens0 = time.monotonic(), gen.tokens_generated
+    done = _fill_traces(trace_dir / "chain.jsonl", items, index, k, names, f"{run.name} chain", ev, records)
+    run.tokens["chain"] = gen.tokens_generated - tokens0
+    run.seconds["chain"] = time.monotonic() - start
+    run.results["chain"] = [[sample_result(kind, s) for s in done[p.id]["samples"]] for p in items]
+    if kind == "zebra":
+        _add_cells(run, "chain", items, [done[p.id]["samples"] for p in items])
 
 
 def _add_cells(run: BenchmarkRun, protocol: str, items: list[Problem], samples: list[list[dict[str, Any]]]) -> None:
