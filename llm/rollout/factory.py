@@ -3,13 +3,15 @@
 Training, evaluation and plug-and-play all call :func:`make_backend(sampling, team)`, so the same
 section gives the same backend (``backend: hf`` -> :class:`llm.rollout.hf.HFBackend`,
 ``backend: vllm`` -> :class:`llm.rollout.vllm.VLLMBackend` with the ``sampling.vllm`` engine
-settings). A new backend is one entry of :data:`BUILDERS`.
+settings). A new backend is one entry of :data:`BUILDERS` (and its name in
+:data:`llm.config.choices.BACKENDS`, the values the config accepts).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from llm.config.choices import BACKENDS
 from llm.config.errors import ConfigError
 from llm.config.sections import SamplingSection
 from llm.rollout.base import GenerationBackend
@@ -28,6 +30,8 @@ def _vllm(sampling: SamplingSection, team: Any) -> GenerationBackend:
 
 #: backend name -> builder(sampling, team)
 BUILDERS: dict[str, Callable[[SamplingSection, Any], GenerationBackend]] = {"hf": _hf, "vllm": _vllm}
+if set(BUILDERS) != set(BACKENDS):  # the config's allowed values (llm.config.choices) name these builders
+    raise ImportError(f"llm.rollout.factory.BUILDERS {sorted(BUILDERS)} != llm.config.choices.BACKENDS {list(BACKENDS)}")
 
 
 def check_backend(sampling: SamplingSection, agents: Sequence[Any] | None = None, trust_region: bool = True) -> None:
