@@ -8,7 +8,8 @@ gives its own ``sampling:``.
 - Without ``--config``: the benchmark is the held-out split of the run's task
   (:data:`llm.evaluate.config.TASK_BENCHMARK`, checked against the train split), graded by the
   training grader, protocol ``chain`` with the run's router (kind and rounds), K = ``--k`` (default
-  1) samples per item, into ``RUN_DIR/eval/<checkpoint>/`` (``base``, ``latest`` or ``uN``).
+  1) samples per item, ``sampling.batch_size`` items per step, into ``RUN_DIR/eval/<checkpoint>/``
+  (``base``, ``latest`` or ``uN``).
 - With ``--config``: that file's ``eval:`` section (benchmarks, protocols, ...) on the run's team;
   a ``team:`` section in it is an error (the team is the run's).
 
@@ -52,6 +53,7 @@ def run_eval_data(run_dir: str | Path, checkpoint: str | int = "latest", eval_da
         ev["benchmarks"] = [{"name": TASK_BENCHMARK, "k": k or 1, "limit": limit}]
         ev.setdefault("protocols", ["chain"])
         ev.setdefault("chain_router", {"kind": router.kind, "rounds": router.rounds})
+        ev.setdefault("problems_per_step", config.sampling.batch_size)  # one generate batch per step
     elif k is not None or limit is not None:
         benches = []
         for b in ev["benchmarks"]:

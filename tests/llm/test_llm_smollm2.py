@@ -65,3 +65,22 @@ def test_smollm2_team_trains_one_stage(smollm2_dir, tmp_path):
         if u.n_steps > 0:
             assert u.kl <= u.delta + 1e-6
     assert torch.isfinite(torch.tensor([u.kl for u in result.reports[0].updates])).all()
+
+
+def test_cpu_demo_first_two_updates_log_rewards(smollm2_dir, tmp_path):
+    """configs/cpu_demo_lora.yaml (the demo that learns), one stage = its first two agent updates:
+    both run and log the team reward of their rollouts (metrics.jsonl)."""
+    import json
+
+    from llm.train import Trainer
+    from llm.train.config import load_config
+
+    config = load_config("configs/cpu_demo_lora.yaml", ["train.stages=1", "progress=false"])
+    result = Trainer(config, output_dir=tmp_path / "demo").run(resume=False)
+    rows = [json.loads(line) for line in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()]
+    updates = [r for r in rows if "agent" in r]
+    assert [r["agent_name"] for r in updates] == ["solver", "finalizer"] and result.updates_done == 2
+    for r in updates:
+        assert 0.0 <= r["rollout/mean_score"] <= 1.0 and r["rollout/generated_tokens"] > 0
+        assert r["rollout/parsed_rate"] > 0.5  # the last-number fallback reads the sentence answers
+    print(f"\ncpu demo: reward before update 1 and 2: {[round(r['rollout/mean_score'], 3) for r in updates]}")
