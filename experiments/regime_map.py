@@ -52,7 +52,6 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -68,7 +67,7 @@ COMPARISONS = ("intermediate", "token_matched")
 CELL_KEYS = ("family", "N", "delta", "rounds", "order")
 #: modes whose run does not depend on the update order: every update sees the stage-start batch and
 #: changes only its own agent's parameters (tested: tests/experiments/test_regime_map.py), so the
-#: run of the first order is reused for the others when ``RegimeConfig.reuse_order_invariant``
+#: run of the key cells' order is reused for the others when ``RegimeConfig.reuse_order_invariant``
 ORDER_INVARIANT_MODES = ("stale", "joint")
 #: per-stage penalties evaluated along the update order (not carried over to a reused run)
 ORDER_DEPENDENT_PENALTIES = ("penalty_seq", "penalty_stale_occ", "abs_penalty_stale_batch")
@@ -103,10 +102,13 @@ class RegimeConfig:
     extra_orders: tuple[str, ...] = field(default=("reversed",), metadata=_help("orders of the extra cells"))
     extra_seeds: int = field(default=2, metadata=_help("seeds of the extra modes"))
     extra_max_n: int = field(default=8, metadata=_help("the extra modes run only for N <= extra_max_n (cost)"))
+    other_deltas: tuple[float, ...] | None = field(default=(0.01, 0.1), metadata=_help(
+        "radii outside the key cores (other cells and the extra modes); None: all deltas (cost)"))
+    multi_round_max_n: int = field(default=8, metadata=_help("cells with rounds > 1 only for N <= this (cost)"))
     prefix_seeds: int = field(default=2, metadata=_help(
         "seeds of intermediate_prefix in every (rounds, order) at the first delta (prefix-reuse cost; 0: off)"))
     reuse_order_invariant: bool = field(default=True, metadata=_help(
-        "run stale / joint in the first order only and reuse the run for the other orders (identical runs)"))
+        "run stale / joint in one order only (that of the key cells) and reuse the run for the others (identical runs)"))
     stages: int = field(default=4, metadata=_help("stages per run"))
     prompts: int = field(default=16, metadata=_help("prompts per stage (>= max N for token_matched)"))
     group_size: int = field(default=8, metadata=_help("trajectories per prompt (>= 2)"))
@@ -122,6 +124,10 @@ class RegimeConfig:
         for name in ("families", "n_agents", "deltas", "rounds", "orders", "modes", "extra_modes", "extra_rounds",
                      "extra_orders"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.other_deltas is not None:
+            object.__setattr__(self, "other_deltas", tuple(self.other_deltas))
+            if not set(self.other_deltas) <= set(self.deltas):
+                raise ValueError(f"RegimeConfig.other_deltas must be a subset of deltas, got {self.other_deltas}")
         if REFERENCE not in self.modes:
             raise ValueError(f"RegimeConfig.modes must include the reference {REFERENCE!r}, got {self.modes}")
         bad = [m for m in self.modes + self.extra_modes if m not in tt.MODE_SPECS]
@@ -157,13 +163,18 @@ class RegimeConfig:
     def seeds_for(self, n: int, mode: str, delta: float, rounds: int, order: str) -> int:
         """How many seeds the grid runs for this (N, mode, delta, rounds, order) (0: not run)."""
         key_cell = rounds in self.extra_rounds and order in self.extra_orders
+        if rounds > 1 and n > self.multi_round_max_n:
+            return 0
+        narrow = self.other_deltas is not None and delta not in self.other_deltas  # only the key cores run it
         if mode in self.modes:
+            if narrow and not key_cell:
+                return 0
             if key_cell:
                 return self.large_n_seeds if n >= self.large_n else self.seeds
             return self.large_n_other_seeds if n >= self.large_n else self.other_seeds
         if mode not in self.extra_modes:
             return 0
-        k = self.extra_seeds if (key_cell and n <= self.extra_max_n) else 0
+        k = self.extra_seeds if (key_cell and n <= self.extra_max_n and not narrow) else 0
         if mode == "intermediate_prefix" and delta == self.deltas[0]:
             k = max(k, self.prefix_seeds)
         return k
@@ -172,7 +183,8 @@ class RegimeConfig:
 FULL: dict[str, Any] = {}
 QUICK: dict[str, Any] = dict(families=("agree", "crowd"), n_agents=(2, 3), deltas=(0.01, 0.5), rounds=(1,),
                              seeds=2, other_seeds=2, large_n=3, large_n_seeds=2, large_n_other_seeds=2, extra_seeds=1,
-                             prefix_seeds=1, stages=2, prompts=4, group_size=4, out="regime_map_quick")
+                             prefix_seeds=1, other_deltas=None, stages=2, prompts=4, group_size=4,
+                             out="regime_map_quick")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +280,8 @@ def summarize(records: list[dict], cfg: RegimeConfig,
             mode_rows.append(row)
             per_mode[mode] = row
         s_row = per_mode[REFERENCE]
-        crow = {**base, "J0_mean": s_row["J0_mean"], "J_opt": s_row["J_opt"], "token_budget": budget,
+        crow = {**base, "stages": s_row["stages"], "J0_mean": s_row["J0_mean"], "J_opt": s_row["J_opt"],
+                "token_budget": budget,
                 "monitor": ",".join(sorted({r["monitor"] for r in per_mode.values()}))}
         for mode, r in per_mode.items():
             crow[f"J_final_{mode}"] = r["J_final_mean"]
@@ -369,8 +382,13 @@ def prefix_cost(records: list[dict]) -> list[dict]:
 # Driver
 
 
+def _source_order(cfg: RegimeConfig) -> str:
+    """The order whose order-invariant runs are reused: that of the key cells (run first)."""
+    return cfg.extra_orders[0] if cfg.extra_orders else cfg.orders[0]
+
+
 def _reused(cfg: RegimeConfig, mode: str, order: str) -> bool:
-    return cfg.reuse_order_invariant and mode in ORDER_INVARIANT_MODES and order != cfg.orders[0]
+    return cfg.reuse_order_invariant and mode in ORDER_INVARIANT_MODES and order != _source_order(cfg)
 
 
 def _phase(cfg: RegimeConfig, scfg: tt.StudyConfig, mode: str) -> int:
@@ -384,7 +402,7 @@ def _phase(cfg: RegimeConfig, scfg: tt.StudyConfig, mode: str) -> int:
 
 def jobs_for(cfg: RegimeConfig) -> list[tuple]:
     """Every (StudyConfig, family, N, mode, seed) the grid runs (order-invariant runs of the other
-    orders excluded), by priority (:func:`_phase`), then most expensive first."""
+    orders excluded), by priority (:func:`_phase`), then by team size."""
     jobs = []
     for (d, r, o), scfg in cfg.study_configs().items():
         for f in cfg.families:
@@ -394,39 +412,27 @@ def jobs_for(cfg: RegimeConfig) -> list[tuple]:
                         continue
                     for s in range(cfg.seeds_for(n, mode, d, r, o)):
                         jobs.append((scfg, f, n, mode, s))
-    return sorted(jobs, key=lambda j: (_phase(cfg, j[0], j[3]), -j[2] * j[0].rounds))
+    # within a phase the largest teams first (the workers finish together), except in the last
+    # phase, where the largest teams come last (a run cut short for time loses those cells only)
+    return sorted(jobs, key=lambda j: (_phase(cfg, j[0], j[3]), (1 if _phase(cfg, j[0], j[3]) == 3 else -1) * j[2]))
 
 
 def with_reused_orders(cfg: RegimeConfig, records: list[dict]) -> list[dict]:
-    """``records`` plus, for every order-invariant run of the first order, a copy for each other
-    order (marked ``reused_from_order``)."""
+    """``records`` plus, for every order-invariant run of the source order (:func:`_source_order`),
+    a copy for each other order (marked ``reused_from_order``)."""
     out = list(records)
     if not cfg.reuse_order_invariant:
         return out
+    src = _source_order(cfg)
     for r in records:
-        if r["mode"] in ORDER_INVARIANT_MODES and r["order"] == cfg.orders[0]:
-            for o in cfg.orders[1:]:
+        if r["mode"] in ORDER_INVARIANT_MODES and r["order"] == src:
+            for o in [o for o in cfg.orders if o != src]:
                 if cfg.seeds_for(int(r["N"]), r["mode"], float(r["delta"]), int(r["rounds"]), o) > int(r["seed"]):
                     # the stage-batch penalties do not depend on the order; the intermediate and
                     # stale-occupancy surrogates are evaluated along the order, so they are not reused
                     stages = {**r["stages"], **{k: [math.nan] * len(r["stages"][k]) for k in ORDER_DEPENDENT_PENALTIES}}
                     out.append({**r, "order": o, "reused_from_order": r["order"], "stages": stages})
     return out
-
-
-def load_done(path: Path, hashes: set[str]) -> dict[tuple, dict]:
-    """Finished runs of runs.jsonl whose run hash is one of ``hashes`` (bad lines are skipped)."""
-    done: dict[tuple, dict] = {}
-    if path.exists():
-        with open(path) as fh:
-            for line in fh:
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if r.get("run_hash") in hashes and "delta" in r:
-                    done[_run_key(r)] = r
-    return done
 
 
 def run_study(cfg: RegimeConfig, fresh: bool = False) -> dict[str, Any]:
@@ -445,7 +451,7 @@ def run_study(cfg: RegimeConfig, fresh: bool = False) -> dict[str, Any]:
         runs_path.unlink()
     jobs = jobs_for(cfg)
     hashes = {j[0].run_hash() for j in jobs}
-    done = load_done(runs_path, hashes)
+    done = tt.load_done(runs_path, hashes, key=_run_key)
 
     def key(j: tuple) -> tuple:
         scfg, f, n, mode, s = j
@@ -478,6 +484,7 @@ def run_study(cfg: RegimeConfig, fresh: bool = False) -> dict[str, Any]:
     common.write_json(out / "cells.json", {"monitor": cfg.monitor, "cells": cells})
     common.write_json(out / "correlation.json", corr)
     common.write_csv(out / "prefix_cost.csv", prefix)
+    (out / "tables.md").write_text(format_markdown(cells, corr, prefix, mode_rows))
     print(format_cells(cells))
     print()
     print(format_correlation(corr))
@@ -531,6 +538,122 @@ def format_prefix(rows: list[dict]) -> str:
         lines.append(f"{r['family']:10s} {r['N']:3d} {r['rounds']:2d} {r['order']:8s} {r['tokens_prefix']:12.0f} "
                      f"{r['tokens_full']:10.0f} {r['ratio']:6.3f} {r['formula']:7.3f}")
     return "\n".join(lines)
+
+
+def _md_ci(c: dict, name: str, digits: int = 3) -> str:
+    m, lo, hi, sig = c[f"{name}_mean"], c[f"{name}_lo"], c[f"{name}_hi"], c[f"{name}_sig"]
+    if not np.isfinite(m):
+        return "n/a"
+    text = f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]" if np.isfinite(lo) else f"{m:+.{digits}f}"
+    return f"**{text}**" if sig else text
+
+
+def mode_table(rows: list[dict]) -> list[dict]:
+    """Per mode, over the cells it ran in: cells, significant wins / losses against stale at equal
+    updates and at equal actions, the median paired ΔJ relative to stale's total gain, generated
+    actions per stage relative to stale, regressions and mean exact KL."""
+    stale = {tuple(r[k] for k in CELL_KEYS): r for r in rows if r["mode"] == REFERENCE}
+    out = []
+    for mode in tt.MODE_SPECS:
+        sel = [r for r in rows if r["mode"] == mode]
+        if not sel:
+            continue
+        rel, tok = [], []
+        for r in sel:
+            s = stale[tuple(r[k] for k in CELL_KEYS)]
+            gain = s["J_final_mean"] - s["J0_mean"]
+            rel.append(r["dJ_vs_stale_mean"] / gain if gain > 0 else math.nan)
+            tok.append(r["tokens_per_stage"] / s["tokens_per_stage"])
+        sig = [significance(r["dJ_vs_stale_lo"], r["dJ_vs_stale_hi"]) for r in sel]
+        sig_t = [significance(r["dJ_equal_tokens_vs_stale_lo"], r["dJ_equal_tokens_vs_stale_hi"]) for r in sel]
+        out.append({"mode": mode, "cells": len(sel), "wins": sum(x > 0 for x in sig), "losses": sum(x < 0 for x in sig),
+                    "wins_tokens": sum(x > 0 for x in sig_t), "losses_tokens": sum(x < 0 for x in sig_t),
+                    "rel_gain_median": float(np.nanmedian(rel)) if np.isfinite(rel).any() else math.nan,
+                    "actions_vs_stale": float(np.mean(tok)),
+                    "regressions": int(sum(r["regressions_total"] for r in sel)),
+                    "runs": int(sum(r["seeds"] for r in sel)),
+                    "kl_exact_mean": float(np.mean([r["kl_exact_mean"] for r in sel]))})
+    return out
+
+
+def format_markdown(cells: list[dict], corr: dict, prefix: list[dict], rows: Sequence[dict] = ()) -> str:
+    """The study's tables as markdown (written to tables.md; the docs quote them): per (rounds,
+    order) slice a family x N x delta table of the paired differences, the per-slice counts of
+    significant cells, the correlations and the prefix-reuse cost."""
+    out = []
+    slices = sorted({(c["rounds"], c["order"]) for c in cells}, key=lambda t: (t[0], t[1] != "reversed"))
+    out.append("Counts of cells whose 95% interval excludes 0 (wins = mode better than stale):\n")
+    out.append("| rounds | order | cells | interm. − stale: wins / losses | token-m. − stale: wins / losses | "
+               "interm. − stale at equal actions: wins / losses |")
+    out.append("|---|---|---|---|---|---|")
+    for rounds, order in slices:
+        sel = [c for c in cells if c["rounds"] == rounds and c["order"] == order]
+        def wl(name: str) -> str:
+            sig = [c[f"{name}_sig"] for c in sel]
+            return f"{sum(s > 0 for s in sig)} / {sum(s < 0 for s in sig)}"
+        out.append(f"| {rounds} | {order} | {len(sel)} | {wl('d_intermediate')} | {wl('d_token_matched')} | "
+                   f"{wl('d_intermediate_tokens')} |")
+    for rounds, order in slices:
+        sel = [c for c in cells if c["rounds"] == rounds and c["order"] == order]
+        seeds = sorted({(c["N"], c.get("seeds_intermediate", 0), c.get("seeds_stale", 0)) for c in sel})
+        out.append(f"\n**{rounds} round{'s' if rounds > 1 else ''}, {order} order** — paired exact ΔJ after "
+                   f"{sel[0].get('stages', '')} stages, mean [95% t-interval] over seeds; bold: the interval excludes 0. "
+                   f"Seeds (N, intermediate, stale): {', '.join(f'{n}: {a}/{b}' for n, a, b in seeds)}.\n")
+        out.append("| family | N | δ | intermediate − stale (equal updates) | token-matched − stale (equal actions) | "
+                   "intermediate − stale (equal actions) | stale penalty / stage | penalty / mean \\|ΔJ\\| | J0 → J(stale) |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for c in sorted(sel, key=lambda c: (c["family"], c["N"], c["delta"])):
+            out.append(f"| {c['family']} | {c['N']} | {c['delta']:g} | {_md_ci(c, 'd_intermediate')} | "
+                       f"{_md_ci(c, 'd_token_matched')} | {_md_ci(c, 'd_intermediate_tokens')} | "
+                       f"{c['penalty_stale']:.2e} | {c['penalty_stale_rel']:.3f} | "
+                       f"{c['J0_mean']:.3f} → {c['J_final_stale']:.3f} |")
+    out.append("\nSpearman rank correlation across cells of the paired gain with the measured stale penalty "
+               "(raw: ΔJ vs penalty; rel: ΔJ / stale's total gain vs penalty / stale's mean |ΔJ| per stage):\n")
+    out.append("| cells | n | ρ interm. raw | ρ interm. rel | ρ token-m. raw | ρ token-m. rel |")
+    out.append("|---|---|---|---|---|---|")
+    for name, g in corr["groups"].items():
+        out.append(f"| {name} | {g['cells']} | {g['rho_intermediate_raw']:+.2f} | {g['rho_intermediate_rel']:+.2f} | "
+                   f"{g['rho_token_matched_raw']:+.2f} | {g['rho_token_matched_rel']:+.2f} |")
+    out.append("\nBy quartile of the relative stale penalty (all cells): share of cells where the mode beats stale "
+               "significantly / loses significantly, mean relative gain:\n")
+    out.append("| relative penalty | cells | interm.: wins / losses | interm.: rel. gain | token-m.: wins / losses | "
+               "token-m.: rel. gain |")
+    out.append("|---|---|---|---|---|---|")
+    for b in corr["bins"]:
+        out.append(f"| {b['low']:.3g} – {b['high']:.3g} | {b['cells']} | {b['intermediate_wins']:.0%} / "
+                   f"{b['intermediate_loses']:.0%} | {b['intermediate_rel_gain_mean']:+.3f} | "
+                   f"{b['token_matched_wins']:.0%} / {b['token_matched_loses']:.0%} | "
+                   f"{b['token_matched_rel_gain_mean']:+.3f} |")
+    for rounds, order in slices:
+        sel = [r for r in rows if r["rounds"] == rounds and r["order"] == order]
+        modes = mode_table(sel)
+        if len(modes) <= len(CORE_MODES):
+            continue
+        out.append(f"\nEvery mode against stale, {rounds} round{'s' if rounds > 1 else ''}, {order} order (cells where "
+                   "the mode ran; wins / losses: paired 95% interval above / below 0; rel. gain: median over cells "
+                   "of ΔJ / stale's total gain; regressions: stages whose exact J fell, of runs x stages):\n")
+        out.append("| mode | cells | equal updates: wins / losses | rel. gain (median) | equal actions: wins / losses | "
+                   "actions per stage / stale | regressions | runs | mean exact KL |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for m in modes:
+            out.append(f"| {m['mode']} | {m['cells']} | {m['wins']} / {m['losses']} | {m['rel_gain_median']:+.3f} | "
+                       f"{m['wins_tokens']} / {m['losses_tokens']} | {m['actions_vs_stale']:.2f} | {m['regressions']} | "
+                       f"{m['runs']} | {m['kl_exact_mean']:.4f} |")
+    if prefix:
+        out.append("\nPrefix reuse: generated actions per stage, prefix reuse / full resampling (measured, mean over "
+                   "families; every family has fixed-length episodes, so all families give the same value) vs "
+                   "`prefix_reuse_fraction`:\n")
+        ns = sorted({r["N"] for r in prefix})
+        keys = sorted({(r["rounds"], r["order"]) for r in prefix})
+        out.append("| rounds | order | " + " | ".join(f"N = {n}: measured / formula" for n in ns) + " |")
+        out.append("|---|---|" + "---|" * len(ns))
+        for rounds, order in keys:
+            cellsr = []
+            for n in ns:
+                sel = [r for r in prefix if r["N"] == n and r["rounds"] == rounds and r["order"] == order]
+                cellsr.append(f"{np.mean([r['ratio'] for r in sel]):.3f} / {sel[0]['formula']:.3f}" if sel else "n/a")
+            out.append(f"| {rounds} | {order} | " + " | ".join(cellsr) + " |")
+    return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -531,8 +531,11 @@ def format_table(rows: list[dict], family: str, n: int) -> str:
 # Driver
 
 
-def load_done(path: Path, run_hash: str) -> dict[tuple, dict]:
-    """Finished runs with this run hash from a runs.jsonl (unreadable trailing lines are ignored)."""
+def load_done(path: Path, run_hash: str | set[str], key: Any = None) -> dict[tuple, dict]:
+    """Finished runs whose run hash is ``run_hash`` (or one of a set) from a runs.jsonl, keyed by
+    ``key(record)`` (default (family, N, mode, seed)); unreadable lines are ignored."""
+    hashes = {run_hash} if isinstance(run_hash, str) else set(run_hash)
+    key = key or _key
     done: dict[tuple, dict] = {}
     if not path.exists():
         return done
@@ -542,8 +545,8 @@ def load_done(path: Path, run_hash: str) -> dict[tuple, dict]:
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if r.get("run_hash") == run_hash:
-                done[_key(r)] = r
+            if r.get("run_hash") in hashes:
+                done[key(r)] = r
     return done
 
 

@@ -31,6 +31,25 @@ def test_significance():
     assert rm.significance(-0.1, 0.1) == 0 and rm.significance(math.nan, 1.0) == 0
 
 
+def test_seeds_per_cell_follow_the_cost_cuts():
+    cfg = rm.RegimeConfig()
+    assert cfg.seeds_for(8, "stale", 0.5, 1, "reversed") == cfg.seeds  # key cells: every delta
+    assert cfg.seeds_for(16, "intermediate", 0.01, 1, "reversed") == cfg.large_n_seeds
+    assert cfg.seeds_for(8, "intermediate", 0.1, 1, "fixed") == cfg.other_seeds
+    assert cfg.seeds_for(8, "intermediate", 0.5, 1, "fixed") == 0  # other_deltas only elsewhere
+    assert cfg.seeds_for(16, "intermediate", 0.01, 2, "reversed") == 0  # multi_round_max_n
+    assert cfg.seeds_for(8, "stale_is", 0.1, 1, "reversed") == cfg.extra_seeds
+    assert cfg.seeds_for(16, "stale_is", 0.1, 1, "reversed") == 0  # extra_max_n
+    assert cfg.seeds_for(4, "intermediate_prefix", 0.01, 2, "fixed") == cfg.prefix_seeds
+    assert cfg.seeds_for(4, "no_tr", 0.01, 2, "fixed") == 0
+    with pytest.raises(ValueError, match="other_deltas"):
+        rm.RegimeConfig(other_deltas=(0.3,))
+    # stale / joint run in the key order only; every job is one the grid asks for
+    jobs = rm.jobs_for(cfg)
+    assert not [j for j in jobs if j[3] in rm.ORDER_INVARIANT_MODES and j[0].order != "reversed"]
+    assert all(j[4] < cfg.seeds_for(j[2], j[3], j[0].delta, j[0].rounds, j[0].order) for j in jobs)
+
+
 def _tiny(order: str = "reversed", rounds: int = 2, **kw) -> tt.StudyConfig:
     base = dict(families=rm.RegimeConfig().families, n_agents=(3,), modes=rm.CORE_MODES, stages=1, prompts=4,
                 group_size=2, rounds=rounds, order=order, monitor="exact", workers=1)
@@ -81,7 +100,8 @@ def _record(mode: str, seed: int, J: list[float], tokens: float, pen: float) -> 
 
 
 def test_summarize_pairs_by_seed_and_reads_equal_tokens():
-    cfg = rm.RegimeConfig(families=("agree",), n_agents=(2,), deltas=(0.1,), rounds=(1,), orders=("reversed",))
+    cfg = rm.RegimeConfig(families=("agree",), n_agents=(2,), deltas=(0.1,), rounds=(1,), orders=("reversed",),
+                          other_deltas=None)
     recs = []
     for s in range(4):
         base = 0.1 * s  # seed effect, removed by pairing
@@ -104,7 +124,7 @@ def test_quick_writes_every_output_file(tmp_path, monkeypatch, capsys):
     assert rm.main(["--quick", "--workers", "2"]) == 0
     out = tmp_path / "regime_map_quick"
     names = ("runs.jsonl", "summary.csv", "summary.json", "cells.csv", "cells.json", "correlation.json",
-             "prefix_cost.csv", "config.json", "seeds.json")
+             "prefix_cost.csv", "tables.md", "config.json", "seeds.json")
     for name in names:
         assert (out / name).exists() and (out / name).stat().st_size > 0, name
     cfg = rm.RegimeConfig(**rm.QUICK)
