@@ -48,7 +48,7 @@ def test_smollm2_team_trains_one_stage(smollm2_dir, tmp_path):
                                                          "max_digits": 1}}},
         "sampling": {"temperature": 0.8},
         "train": {"stages": 1, "prompts_per_stage": 2, "group_size": 4, "order": "reversed",
-                  "stage": {"prefix_reuse": True},
+                  "prefix_reuse": True,
                   "update": {"epochs": 1, "delta": 0.01}},
         "progress": False,
     }
