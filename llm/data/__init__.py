@@ -1,4 +1,11 @@
-"""Benchmark loaders (AIME 2024/2025, MATH-500, ZebraLogic, AutoLogi) and prompt templates."""
+"""Data of the LLM side.
+
+- :mod:`llm.data.benchmarks`: benchmark loaders (AIME 2024/2025, MATH-500, ZebraLogic, AutoLogi);
+- :mod:`llm.data.prompts`: prompt templates;
+- :mod:`llm.data.tasks`: training tasks (``task:``), :class:`~llm.data.tasks.PromptSource`;
+- :mod:`llm.data.contamination`: training vs evaluation overlap checks;
+- :mod:`llm.data.jsonl`: the one JSONL reader and :class:`~llm.data.jsonl.DataError`.
+"""
 
 from llm.data.benchmarks import (
     BENCHMARKS,
