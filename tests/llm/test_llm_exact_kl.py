@@ -17,14 +17,6 @@ from trust_region.kl import per_message
 from trust_region.update import UpdateConfig, update_agent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _agent(path, temperature=0.8, micro=3, lora=False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
