@@ -66,7 +66,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
@@ -529,6 +529,67 @@ def _line_search(params: list[Tensor], before: list[Tensor], monitor: KLMonitor,
     return None
 
 
+def _step_units(data: _UpdateData, config: UpdateConfig, rng: np.random.Generator) -> Iterator[list[Tensor]]:
+    """The units of work checked against the trust region, in order: per epoch a fresh shuffle of
+    the training messages into minibatches (index tensors); one unit per minibatch
+    (``enforce_every="step"``) or one unit of all of the epoch's minibatches (``"epoch"``)."""
+    train_idx = torch.nonzero(data.train).squeeze(1)
+    m_train = int(train_idx.numel())
+    mb = config.minibatch_size or m_train
+    for _ in range(config.epochs):
+        perm = train_idx[torch.as_tensor(rng.permutation(m_train), dtype=torch.int64)]
+        minibatches = [perm[s : s + mb] for s in range(0, m_train, mb)]
+        yield from ([[b] for b in minibatches] if config.enforce_every == "step" else [minibatches])
+
+
+@dataclass
+class _StepState:
+    """Mutable state of the steps of one update: the penalty ``beta`` and the count of consecutive
+    rejected retries (which scales the retry learning rate)."""
+
+    beta: float
+    consecutive: int = 0
+
+
+def _take_unit(agent: AgentPolicy, optimizer: torch.optim.Optimizer, unit: list[Tensor], data: _UpdateData,
+               config: UpdateConfig, state: _StepState, base_lrs: list[float], report: UpdateReport) -> bool:
+    """Take the steps of one unit, retried or shortened until inside the trust region; returns
+    False when the update must stop (too many rejections; parameters and optimizer state are then
+    as before the unit)."""
+    enforce = math.isfinite(config.delta)
+    params = list(agent.trainable_parameters())
+    while True:
+        snap = snapshot_state(agent, optimizer) if enforce else None
+        before = [p.detach().clone() for p in params] if enforce and config.backtrack == "line_search" else None
+        _set_lr_scale(optimizer, base_lrs, config.lr_backoff**state.consecutive)
+        losses = [minibatch_step(agent, optimizer, data.batch.select(idx), data.logp_cur[idx], data.a_val[idx],
+                                 config, state.beta, weights=None if data.w_is is None else data.w_is[idx],
+                                 params=params) for idx in unit]
+        if enforce:
+            kl_now = data.monitor.measure()
+            if not kl_now <= config.delta:  # NaN counts as a breach
+                report.n_rejected += 1
+                state.beta = max(state.beta * config.backtrack_beta_factor, config.beta_floor)
+                if config.backtrack == "line_search":
+                    kl_now = _line_search(params, before, data.monitor, config, report)
+                    if kl_now is None:
+                        restore_state(agent, optimizer, snap)
+                        return False
+                else:
+                    restore_state(agent, optimizer, snap)
+                    state.consecutive += 1
+                    if state.consecutive > config.max_backtracks:
+                        return False
+                    continue
+            report.kl_max_accepted = max(report.kl_max_accepted, kl_now)
+        state.consecutive = 0
+        report.n_steps += len(unit)
+        if math.isnan(report.loss_first):
+            report.loss_first = losses[0]
+        report.loss_last = losses[-1]
+        return True
+
+
 def steps_within_region(
     agent: AgentPolicy,
     optimizer: torch.optim.Optimizer,
@@ -539,67 +600,18 @@ def steps_within_region(
     report: UpdateReport,
 ) -> float:
     """The optimizer steps of an update, each accepted only inside the trust region (module
-    docstring, part 1); fills the step counters and losses of ``report``; returns the final beta."""
-    enforce = math.isfinite(config.delta)
+    docstring, part 1); fills the step counters and losses of ``report``; returns the final beta.
+    The learning rates are put back at the end, also after an exception."""
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    train_idx = torch.nonzero(data.train).squeeze(1)
-    m_train = int(train_idx.numel())
-    mb = config.minibatch_size or m_train
-    params = list(agent.trainable_parameters())
-
-    def one_step(idx: Tensor, beta_now: float) -> float:
-        return minibatch_step(agent, optimizer, data.batch.select(idx), data.logp_cur[idx], data.a_val[idx], config,
-                              beta_now, weights=None if data.w_is is None else data.w_is[idx], params=params)
-
-    def breach() -> float:
-        return max(beta * config.backtrack_beta_factor, config.beta_floor)
-
-    consecutive = 0
-    stopped = False
+    state = _StepState(beta=beta)
     try:
-        for _ in range(config.epochs):
-            perm = train_idx[torch.as_tensor(rng.permutation(m_train), dtype=torch.int64)]
-            minibatches = [perm[s : s + mb] for s in range(0, m_train, mb)]
-            units = [[b] for b in minibatches] if config.enforce_every == "step" else [minibatches]
-            for unit in units:
-                while True:
-                    snap = snapshot_state(agent, optimizer) if enforce else None
-                    before = [p.detach().clone() for p in params] if enforce and config.backtrack == "line_search" else None
-                    _set_lr_scale(optimizer, base_lrs, config.lr_backoff**consecutive)
-                    losses = [one_step(idx, beta) for idx in unit]
-                    if enforce:
-                        kl_now = data.monitor.measure()
-                        if not kl_now <= config.delta:  # NaN counts as a breach
-                            report.n_rejected += 1
-                            beta = breach()
-                            if config.backtrack == "line_search":
-                                kl_now = _line_search(params, before, data.monitor, config, report)
-                                if kl_now is None:
-                                    restore_state(agent, optimizer, snap)
-                                    stopped = True
-                                    break
-                            else:
-                                restore_state(agent, optimizer, snap)
-                                consecutive += 1
-                                if consecutive > config.max_backtracks:
-                                    stopped = True
-                                    break
-                                continue
-                        report.kl_max_accepted = max(report.kl_max_accepted, kl_now)
-                    consecutive = 0
-                    report.n_steps += len(unit)
-                    if math.isnan(report.loss_first):
-                        report.loss_first = losses[0]
-                    report.loss_last = losses[-1]
-                    break
-                if stopped:
-                    break
-            if stopped:
-                break
+        report.stopped_early = not all(
+            _take_unit(agent, optimizer, unit, data, config, state, base_lrs, report)
+            for unit in _step_units(data, config, rng)
+        )
     finally:
         _set_lr_scale(optimizer, base_lrs, 1.0)
-    report.stopped_early = stopped
-    return beta
+    return state.beta
 
 
 def update_diagnostics(agent: AgentPolicy, data: _UpdateData, config: UpdateConfig, beta: float,
