@@ -5,6 +5,7 @@
     python -m experiments.kl_calibration --cost     # wall time of an update per monitor / step rule
     python -m experiments.kl_calibration --llm      # LLM part (tiny Qwen3 model, CPU)
     python -m experiments.kl_calibration --llm --cost   # LLM update cost: exact monitor vs none (tiny)
+    python -m experiments.kl_calibration --llm [--cost] --model builtin:smollm2 --lr 1e-4   # opt-in
 
 Tabular engine, exact truth. For every study family, radius delta, seed and monitor, a team of
 ``n_agents`` TabularAgents is trained for ``stages`` intermediate stages with the shared core's
@@ -306,12 +307,14 @@ def bench_update_cost(family: str = "layered", n_agents: int = 3, repeats: int =
 # ---------------------------------------------------------------------------- LLM part
 @dataclass(frozen=True)
 class LLMCalibrationConfig:
-    """LLM part: preset (experiments.bench_llm.PRESETS; 'tiny' default); monitors (exact, k1, ...);
+    """LLM part: preset (experiments.bench_llm.PRESETS with random weights; 'tiny' default) or model
+    (a local folder or 'builtin:smollm2', pretrained; opt-in); monitors (exact, k1, ...);
     deltas; seeds; updates per run; prompts x group_size rollouts per update of new_tokens tokens
     from prompts of prompt_len tokens; epochs, minibatch_size and lr (AdamW) of an update;
     temperature of the policy; fresh_prompts for the truth measurement."""
 
     preset: str = "tiny"
+    model: str | None = None
     monitors: tuple[str, ...] = ("exact", "k1")
     deltas: tuple[float, ...] = (0.01, 0.1)
     seeds: int = 3
@@ -332,6 +335,29 @@ LLM_QUICK = dict(deltas=(0.1,), seeds=1, updates=2, prompts=4, group_size=2, fre
                  out="kl_calibration_llm_quick")
 
 
+def _load_llm(cfg: "LLMCalibrationConfig", seed: int) -> tuple[Any, int, int, int]:
+    """(model float32 on the CPU, vocabulary size, eos id, pad id): ``cfg.model`` when set (a local
+    folder or ``builtin:smollm2``; pretrained weights), else the ``cfg.preset`` architecture of
+    ``experiments.bench_llm`` with seeded random weights."""
+    import torch
+
+    if cfg.model is None:
+        from experiments.bench_llm import build_model, preset_config
+
+        qcfg = preset_config(cfg.preset)
+        return build_model(qcfg, torch.device("cpu"), torch.float32, seed), qcfg.vocab_size, qcfg.vocab_size - 1, 0
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm.models import resolve_builtin
+
+    path = resolve_builtin(cfg.model)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    eos = int(tok.eos_token_id)
+    pad = int(tok.pad_token_id) if tok.pad_token_id is not None else eos
+    return model, int(model.config.vocab_size), eos, pad
+
+
 def _even_share_batch(prompts: list[list[int]], gens: list[Any], group_size: int) -> Any:
     """MessageBatch of the rollouts (one message each; ``group`` = prompt index; returns = share of
     even token ids in the message)."""
@@ -350,7 +376,7 @@ def run_llm_job(cfg: LLMCalibrationConfig, monitor: str, delta: float, seed: int
 
     import torch
 
-    from experiments.bench_llm import build_model, preset_config, random_prompts
+    from experiments.bench_llm import random_prompts
     from llm.agent import LLMAgent
     from llm.rollout.base import SamplingConfig
     from llm.rollout.hf import HFBackend
@@ -359,11 +385,8 @@ def run_llm_job(cfg: LLMCalibrationConfig, monitor: str, delta: float, seed: int
     from trust_region.kl import per_message
     from trust_region.update import UpdateConfig, eval_exact_kl, update_agent
 
-    qcfg = preset_config(cfg.preset)
-    device = torch.device("cpu")
-    model = build_model(qcfg, device, torch.float32, seed)
-    eos, pad = qcfg.vocab_size - 1, 0
-    agent = LLMAgent(0, cfg.preset, model, SimpleNamespace(pad_token_id=pad, eos_token_id=eos),
+    model, vocab, eos, pad = _load_llm(cfg, seed)
+    agent = LLMAgent(0, cfg.model or cfg.preset, model, SimpleNamespace(pad_token_id=pad, eos_token_id=eos),
                      temperature=cfg.temperature, micro_batch_size=8, max_new_tokens=cfg.new_tokens)
     if not supports_exact_kl(agent):
         raise RuntimeError("LLMAgent offers no exact_kl: the LLM part needs the exact full-vocabulary KL")
@@ -374,7 +397,7 @@ def run_llm_job(cfg: LLMCalibrationConfig, monitor: str, delta: float, seed: int
     rng = np.random.default_rng(seed)
     beta, rows = ucfg.beta, []
     for u in range(cfg.updates):
-        base = random_prompts(cfg.prompts, cfg.prompt_len, qcfg.vocab_size, 1000 * seed + 2 * u, exclude=eos)
+        base = random_prompts(cfg.prompts, cfg.prompt_len, vocab, 1000 * seed + 2 * u, exclude=eos)
         prompts = [p for p in base for _ in range(cfg.group_size)]
         batch = _even_share_batch(prompts, backend.generate(0, prompts, sampling, seed=1000 * seed + 2 * u),
                                   cfg.group_size)
@@ -382,8 +405,7 @@ def run_llm_job(cfg: LLMCalibrationConfig, monitor: str, delta: float, seed: int
         adv = compute_advantages(batch, 0, AdvantageConfig())
         rep = update_agent(agent, opt, batch, adv, ucfg, beta=beta, rng=rng)
         beta = rep.beta_end
-        fresh_prompts = random_prompts(cfg.fresh_prompts, cfg.prompt_len, qcfg.vocab_size, 1000 * seed + 2 * u + 1,
-                                       exclude=eos)
+        fresh_prompts = random_prompts(cfg.fresh_prompts, cfg.prompt_len, vocab, 1000 * seed + 2 * u + 1, exclude=eos)
         fresh = _even_share_batch(fresh_prompts, backend.generate(0, fresh_prompts, sampling,
                                                                   seed=10**6 + 1000 * seed + u), 1)
         true = float(per_message(eval_exact_kl(agent, fresh, reference, "reverse"), fresh.mask).mean())
@@ -405,7 +427,7 @@ def bench_llm_update_cost(preset: str = "tiny", repeats: int = 3, delta: float =
 
     import torch
 
-    from experiments.bench_llm import build_model, preset_config, random_prompts
+    from experiments.bench_llm import random_prompts
     from llm.agent import LLMAgent
     from llm.rollout.base import SamplingConfig
     from llm.rollout.hf import HFBackend
@@ -413,15 +435,13 @@ def bench_llm_update_cost(preset: str = "tiny", repeats: int = 3, delta: float =
     from trust_region.update import UpdateConfig, update_agent
 
     cfg = cfg or LLMCalibrationConfig(preset=preset)
-    qcfg = preset_config(preset)
-    model = build_model(qcfg, torch.device("cpu"), torch.float32, seed)
+    model, vocab, eos, pad = _load_llm(cfg, seed)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    eos, pad = qcfg.vocab_size - 1, 0
-    agent = LLMAgent(0, preset, model, SimpleNamespace(pad_token_id=pad, eos_token_id=eos),
+    agent = LLMAgent(0, cfg.model or cfg.preset, model, SimpleNamespace(pad_token_id=pad, eos_token_id=eos),
                      temperature=cfg.temperature, micro_batch_size=8, max_new_tokens=cfg.new_tokens)
     backend = HFBackend([model], [[eos]], [pad], batch_size=cfg.prompts * cfg.group_size, fixed_length=True)
     sampling = SamplingConfig(max_new_tokens=cfg.new_tokens, temperature=cfg.temperature, top_p=1.0)
-    base = random_prompts(cfg.prompts, cfg.prompt_len, qcfg.vocab_size, seed, exclude=eos)
+    base = random_prompts(cfg.prompts, cfg.prompt_len, vocab, seed, exclude=eos)
     prompts = [p for p in base for _ in range(cfg.group_size)]
     batch = _even_share_batch(prompts, backend.generate(0, prompts, sampling, seed=seed), cfg.group_size)
     adv = compute_advantages(batch, 0, AdvantageConfig())
@@ -483,15 +503,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out")
     parser.add_argument("--cost", action="store_true", help="only the update-cost benchmark (tabular)")
     parser.add_argument("--llm", action="store_true", help="only the LLM part (tiny model; with --quick: smoke)")
+    parser.add_argument("--model", help="LLM part: a local model folder or builtin:smollm2 instead of the tiny model")
+    parser.add_argument("--lr", type=float, help="LLM part: AdamW learning rate")
     args = parser.parse_args(argv)
     if args.llm and args.cost:
-        rows = bench_llm_update_cost()
+        rows = bench_llm_update_cost(cfg=LLMCalibrationConfig(model=args.model, lr=args.lr or 3e-3))
         print_cost(rows)
         write_json(results_dir("kl_calibration_cost") / "cost_llm.json", rows)
         return 0
     if args.llm:
         kw = dict(LLM_QUICK) if args.quick else {}
-        kw.update(cli_overrides(args, tuples=("deltas", "monitors"), scalars=("seeds", "out")))
+        kw.update(cli_overrides(args, tuples=("deltas", "monitors"), scalars=("seeds", "out", "model", "lr")))
         res = run_llm(LLMCalibrationConfig(**kw))
         print(format_table(res["summary"]))
         print(f"wrote {res['out']}")
