@@ -22,6 +22,7 @@ import importlib.util
 import json
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,7 +53,27 @@ def stage_times(run_dir: Path) -> list[float]:
     return [b - a for a, b in zip(ends, ends[1:])]
 
 
-def run_once(cfg: dict[str, Any], placement: str, out: Path, grader: Callable | None, threads: int) -> list[float]:
+def ping_ms(n: int = 30) -> float:
+    """Median round trip (ms) of a no-op call to an idle actor of the running Ray cluster."""
+    import ray
+
+    from llm.config.sections import AgentConfig
+    from llm.distributed.worker import AgentWorker, WorkerSpec
+
+    actor = ray.remote(AgentWorker).options(num_cpus=0).remote(
+        WorkerSpec(agent_id=0, agent=AgentConfig(name="ping", model="none"), temperature=1.0, sampling=None, seed=0))
+    ray.get(actor.ping.remote())
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        ray.get(actor.ping.remote())
+        times.append(1e3 * (time.perf_counter() - t0))
+    ray.kill(actor)
+    return statistics.median(times)
+
+
+def run_once(cfg: dict[str, Any], placement: str, out: Path, grader: Callable | None, threads: int,
+             counts: dict[str, list[float]]) -> list[float]:
     cfg = copy.deepcopy(cfg)
     cfg["placement"] = placement
     cfg["output_dir"] = str(out)
@@ -66,6 +87,9 @@ def run_once(cfg: dict[str, Any], placement: str, out: Path, grader: Callable | 
     if grader is not None:
         trainer.task.grader = grader
     trainer.run(resume=False)
+    if trainer.remote is not None:
+        counts["round_trips_per_stage"].append(sum(g.round_trips for g in trainer.remote.groups)
+                                               / cfg["train"]["stages"])
     return stage_times(out)
 
 
@@ -76,12 +100,17 @@ def bench(cfg: dict[str, Any], grader: Callable | None, stages: int, repeats: in
     cfg["train"]["stages"] = stages
     torch.set_num_threads(threads)
     times: dict[str, list[float]] = {"local": [], "ray": []}
+    counts: dict[str, list[float]] = {"round_trips_per_stage": []}
     for r in range(repeats):
         for placement in ("local", "ray"):
-            times[placement] += run_once(cfg, placement, work / f"{placement}-{r}", grader, threads)
+            times[placement] += run_once(cfg, placement, work / f"{placement}-{r}", grader, threads, counts)
     med = {p: statistics.median(t) for p, t in times.items()}
+    trips = statistics.fmean(counts["round_trips_per_stage"])
+    ping = ping_ms()
     return {"stage_seconds": times, "median_stage_seconds": med, "overhead_ratio": med["ray"] / med["local"],
-            "stages_timed_per_placement": len(times["local"]), "threads_per_agent": threads}
+            "stages_timed_per_placement": len(times["local"]), "threads_per_agent": threads,
+            "round_trips_per_stage": trips, "ping_ms": ping,
+            "round_trip_seconds_per_stage": trips * ping / 1e3}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['placement']:>9} {r['stages_timed']:>6} {r['median_stage_s']:>9.3f} {r['mean_stage_s']:>8.3f} "
               f"{r['ratio_vs_local']:>6.3f}")
     print(f"overhead ratio ray/local (median stage wall time): {result['overhead_ratio']:.3f}  (goal <= 1.1)")
+    print(f"driver-actor round trips per stage: {result['round_trips_per_stage']:.0f}; idle-actor ping "
+          f"{result['ping_ms']:.2f} ms; their product {result['round_trip_seconds_per_stage']:.3f} s per stage")
     return 0
 
 

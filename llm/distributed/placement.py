@@ -81,8 +81,10 @@ class RayGroup:
     def __init__(self, ray: Any, name: str, agent_id: int, handles: list[Any]) -> None:
         self.ray, self.name, self.agent_id, self.handles = ray, name, agent_id, handles
         self.world_size = len(handles)
+        self.round_trips = 0  # driver <-> actor calls made (benchmarks)
 
     def _get(self, refs: list[Any]) -> list[Any]:
+        self.round_trips += 1
         try:
             return self.ray.get(refs)
         except self.ray.exceptions.RayActorError as err:

@@ -84,6 +84,7 @@ class RemoteAgent:
         self._version = 0
         self._engine_version = 0
         self._last_norm = 0.0
+        self._optimizer_snapshot: tuple[int, int] | None = None  # (version when taken, id)
 
     # ------------------------------------------------------------------ AgentPolicy
     def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
@@ -106,7 +107,12 @@ class RemoteAgent:
         return out.index_put((own,), values)
 
     def snapshot(self) -> int:
-        return self.group.call("snapshot")[0]
+        """Parameters snapshot id; the optimizer state is snapshotted in the same call and handed to
+        the next ``RemoteOptimizer.state_dict()`` if nothing changed in between (one round trip
+        for the core's ``snapshot_state``)."""
+        params, optim = self.group.call("snapshot_with_optimizer")[0]
+        self._optimizer_snapshot = (self._version, optim)
+        return params
 
     def restore(self, snapshot: int) -> None:
         self.group.call("restore", snapshot)
@@ -201,6 +207,10 @@ class RemoteOptimizer:
 
     def state_dict(self) -> dict[str, int]:
         """A handle to a copy of the optimizer state kept in the actor (only the latest is kept)."""
+        cached = self.agent._optimizer_snapshot
+        self.agent._optimizer_snapshot = None
+        if cached is not None and cached[0] == self.agent._version:  # taken with the parameters, unchanged since
+            return {"remote_optimizer_snapshot": cached[1]}
         return {"remote_optimizer_snapshot": self.agent.group.call("optimizer_snapshot")[0]}
 
     def load_state_dict(self, state: dict[str, int]) -> None:

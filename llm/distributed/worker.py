@@ -187,6 +187,11 @@ class AgentWorker:
         self._sharded()
         return self._keep("params", self.agent.snapshot())
 
+    def snapshot_with_optimizer(self) -> tuple[int, int]:
+        """:meth:`snapshot` and :meth:`optimizer_snapshot` in one call (the core takes both before
+        every trust-region step)."""
+        return self.snapshot(), self.optimizer_snapshot()
+
     def restore(self, snap_id: int) -> None:
         self._sharded()
         self.agent.restore(self._get("params", snap_id))
@@ -262,6 +267,10 @@ class AgentWorker:
             load_trainable(self.agent, Path(weights), weights)
             self.optimizer.load_state_dict(state)
         self._version += 1
+
+    def ping(self) -> None:
+        """Nothing (round-trip latency of a call, for benchmarks)."""
+        return None
 
     def close(self) -> None:
         """Release the backend and the process group."""

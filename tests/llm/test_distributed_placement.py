@@ -95,6 +95,7 @@ def test_ray_placement_equals_local(local_and_ray):
     assert diff["weights_rel"] <= 1e-6 and diff["metrics_abs"] <= 1e-5
 
 
+@pytest.mark.slow  # two more Ray runs (~2-4 min on 2 shared cores)
 def test_killed_actor_names_agent_and_rerun_resumes(local_and_ray, tiny_model_dirs, tiny_run_config, parity_grader,
                                                    tmp_path, one_thread):
     from llm.distributed.placement import AgentActorDied
