@@ -17,9 +17,10 @@ optimizer state are sharded over the ``world_size`` processes of its actor group
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -76,6 +77,28 @@ def reshard(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.reshard()
+
+
+@contextlib.contextmanager
+def copy_swapped_parameters(agent: Any, params: dict[str, torch.Tensor]) -> Iterator[None]:
+    """``LLMAgent.swapped_parameters`` for a sharded agent: FSDP all-gathers from its own shard
+    storage, so pointing ``p.data`` elsewhere would not reach the forward; the reference shards
+    are copied in (and the current ones back afterwards, also after an exception)."""
+    reshard(agent.model)
+    named = dict(agent.named_trainable_parameters())
+    if set(named) != set(params):
+        raise ValueError(f"agent {agent.name}: the KL reference does not match the trainable parameters")
+    saved = {n: p.detach().clone() for n, p in named.items()}
+    with torch.no_grad():
+        for n, p in named.items():
+            p.copy_(params[n])
+    try:
+        yield
+    finally:
+        reshard(agent.model)
+        with torch.no_grad():
+            for n, p in named.items():
+                p.copy_(saved[n])
 
 
 def trainable_names(model: torch.nn.Module) -> list[str]:

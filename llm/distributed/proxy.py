@@ -85,6 +85,7 @@ class RemoteAgent:
         self._engine_version = 0
         self._last_norm = 0.0
         self._optimizer_snapshot: tuple[int, int] | None = None  # (version when taken, id)
+        self.optimizer: "RemoteOptimizer | None" = None  # set by RemoteOptimizer
 
     # ------------------------------------------------------------------ AgentPolicy
     def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
@@ -156,7 +157,10 @@ class RemoteAgent:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, weights: str, optimizer: str, metadata: dict[str, str] | None = None) -> None:
-        self.group.call("save", weights, optimizer, metadata)
+        """Checkpoint files written by the actor; the optimizer's learning rates are the driver's
+        (the core scales them during an update and puts them back without a step)."""
+        lrs = [g["lr"] for g in self.optimizer.param_groups] if self.optimizer is not None else None
+        self.group.call("save", weights, optimizer, metadata, lrs)
 
     def load(self, weights: str, optimizer: str) -> None:
         self.group.call("load", weights, optimizer)
@@ -187,6 +191,7 @@ class RemoteOptimizer:
 
     def __init__(self, agent: RemoteAgent, lr: float) -> None:
         self.agent = agent
+        agent.optimizer = self
         self.param_groups = [{"params": [agent.grad_norm_carrier], "lr": float(lr)}]
         self._post_hooks: OrderedDict[int, Callable[..., None]] = OrderedDict()  # weak-referenceable
 

@@ -97,6 +97,8 @@ class AgentWorker:
         if s.world_size > 1:
             mesh = fsdp.init_group(s.rank, s.world_size, master_addr, master_port, self.agent.device)
             fsdp.shard_model(self.agent.model, mesh)
+            if callable(getattr(self.agent, "swapped_parameters", None)):  # the exact KL's reference swap
+                self.agent.swapped_parameters = lambda params: fsdp.copy_swapped_parameters(self.agent, params)
         self.optimizer = team.make_optimizers()[0]  # over the (sharded) parameters
         if s.sampling is not None and s.rank == 0:
             from llm.rollout.factory import make_backend
@@ -205,6 +207,7 @@ class AgentWorker:
 
     # ------------------------------------------------------------------ exact KL monitor
     def kl_reference(self, data: dict[str, Tensor]) -> int:
+        self._sharded()
         sub, _ = self._rows(data)
         self._next_id += 1
         self._kl_refs = (self._next_id, self.agent.kl_reference(sub))
@@ -244,9 +247,13 @@ class AgentWorker:
         return self._backend.generate(0, prompts, sampling, seed=seed)
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, weights: str, optimizer: str, metadata: dict[str, str] | None = None) -> None:
+    def save(self, weights: str, optimizer: str, metadata: dict[str, str] | None = None,
+             lrs: list[float] | None = None) -> None:
         """Full trainable weights (safetensors) and optimizer state (torch) written by rank 0, in the
-        local placement's format (collective for a sharded agent)."""
+        local placement's format (collective for a sharded agent); ``lrs``: the learning rates to
+        record (the driver's; None: the optimizer's own)."""
+        for g, lr in zip(self.optimizer.param_groups, lrs or []):
+            g["lr"] = lr
         if self.spec.world_size > 1:
             tensors = fsdp.full_trainable_state(self.agent.model)
             optim = fsdp.full_optimizer_state(self.agent.model, self.optimizer)

@@ -27,7 +27,7 @@ from trust_region.batch import MessageBatch  # noqa: E402
 from trust_region.update import UpdateConfig, update_agent  # noqa: E402
 
 SEED = 0
-UPDATE = UpdateConfig(epochs=2, minibatch_size=3, delta=0.5, monitor_estimator="k3", beta=0.01,
+UPDATE = UpdateConfig(epochs=2, minibatch_size=3, delta=0.05, monitor_estimator="exact", beta=0.01,
                       max_grad_norm=0.5, recompute_behaviour_logp=True)
 
 
@@ -98,8 +98,10 @@ def test_sharded_update_equals_unsharded_and_resumes_into_local(sharded, tmp_pat
 
     rep_l = one_update(agent_l, opt_l, batch)
     rep_r = one_update(agent_r, opt_r, batch)
+    assert rep_l.n_rejected >= 1  # a rejected step (restore in the actor, lr back-off) is part of the check
     assert rep_l.n_steps == rep_r.n_steps > 0 and rep_l.n_rejected == rep_r.n_rejected
-    assert rep_r.kl == pytest.approx(rep_l.kl, rel=1e-3, abs=1e-6)
+    assert rep_l.monitor == rep_r.monitor == "exact" and rep_l.kl > 0
+    assert rep_r.kl == pytest.approx(rep_l.kl, rel=1e-4)  # the exact KL on the sharded model
 
     ckpt = tmp_path / "sharded"
     agent_r.save(str(ckpt / "w.safetensors"), str(ckpt / "o.pt"), {"agent": "solver"})
