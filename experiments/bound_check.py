@@ -16,7 +16,8 @@ lower bounds, bound - truth for upper and two-sided ones; >= 0 iff the bound hol
 and worst tightness (share of the penalty the instance uses: (surrogate - truth) / penalty for
 lower bounds, |L_seq - L_stale| / penalty for Proposition 3.3, truth / bound for SAT's upper
 bound; <= 1 iff the bound holds). Writes results/bound_check/{summary.json, summary.csv,
-worst.json, config.json, seeds.json}.
+worst.json, config.json, seeds.json}. (For the largest shares an adversary over whole instances can
+reach, see ``experiments.bound_tightness``.)
 """
 
 from __future__ import annotations

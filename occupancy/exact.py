@@ -9,16 +9,17 @@ Shapes: S states, A actions, B policies of a batch. A team policy ``pi`` is an a
 
 Two paths, both sharing one factorisation of (I - gamma P_pi) between the V and the d solve:
 
-- dense (small or densely filled instances, see DENSE_LIMIT): T (S, A, S), r and mu are copied into dense arrays once per instance
-  (cached); a call is one contraction P_pi = einsum(pi, T), one LAPACK LU (getrf) and two
-  triangular solves (getrs) -- no scipy.sparse object is built;
+- dense (small or densely filled instances, see DENSE_LIMIT): T (S, A, S), r and mu are copied
+  into dense arrays once per instance (cached); a call is one contraction P_pi = einsum(pi, T), one
+  LAPACK LU (getrf) and two triangular solves (getrs) -- no scipy.sparse object is built;
 - sparse (otherwise): the sparsity pattern of I - gamma P_pi in CSC form is computed once per
-  instance (cached), a call fills its values with one bincount and factorises it with SuperLU
-  (``splu``), in natural order without pivot search when the pattern is upper triangular (layered
-  instances: no fill-in).
+  instance (cached) and a call fills its values with one bincount. An upper triangular pattern
+  (layered instances) with few levels is solved level by level (:func:`_level_solve`, no
+  factorisation); other patterns by SuperLU (``splu``; natural order without pivot search when
+  triangular, COLAMD otherwise).
 
-:func:`evaluate_batch` evaluates B policies on one instance at once (dense: one batched einsum and
-batched LAPACK solves; sparse: a loop over the cached pattern).
+:func:`evaluate_batch` evaluates B policies on one instance at once (small dense instances: one
+batched einsum and batched LAPACK solves; otherwise one solve per policy).
 """
 
 from __future__ import annotations

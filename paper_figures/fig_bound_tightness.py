@@ -45,7 +45,7 @@ def tightness_vs_gamma(results: Path, out: Path) -> list[Path]:
     rows = read_json(results / "bound_tightness/table.json")["rows"]
     gammas = sorted({r["gamma"] for r in rows})
     x = np.arange(len(gammas))
-    fig, axes = new_figure(height=4.2, nrows=2, ncols=2, sharex=True, sharey=True)
+    fig, axes = new_figure(height=4.8, nrows=2, ncols=2, sharex=True, sharey=True)
     colours = dict(zip([f for f, _ in FAMILIES], PALETTE + ["0.5"]))
     for i, kl in enumerate(("reverse", "forward_max")):
         for j, scale in enumerate(("a_max", "eps")):
@@ -62,8 +62,8 @@ def tightness_vs_gamma(results: Path, out: Path) -> list[Path]:
             ax.set_yscale("log")
             ax.set_ylim(1e-4, 2.0)
             ax.set_title(f"{'TeamTR reverse KL' if kl == 'reverse' else 'SAT forward max KL'}, "
-                         f"{'A_max' if scale == 'a_max' else 'Achiam ε'}", fontsize=7)
-            ax.set_xticks(x, [f"{g:g}" for g in gammas], fontsize=6)
+                         f"{'A_max' if scale == 'a_max' else 'Achiam ε'}", fontsize=6)
+            ax.set_xticks(x, [f"{g:g}" for g in gammas], fontsize=5, rotation=45)
             if i == 1:
                 ax.set_xlabel("γ")
             if j == 0:
@@ -72,5 +72,6 @@ def tightness_vs_gamma(results: Path, out: Path) -> list[Path]:
     for ax in np.ravel(axes):
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    axes[0][0].legend(list(handles.values()), list(handles), fontsize=5, loc="lower left", ncol=2)
+    fig.legend(list(handles.values()), list(handles), fontsize=5.5, loc="lower center", ncol=3, frameon=False)
+    fig.subplots_adjust(bottom=0.16)
     return save(fig, out, "bound_tightness_adversary")
