@@ -22,6 +22,7 @@ RAY_SECTION = {"default": {"num_cpus": 0.5}}  # 3 agents on the 2-CPU test clust
 
 def tiny_config(tiny_model_dirs, tiny_run_config, out, placement: str) -> dict:
     cfg = tiny_run_config(tiny_model_dirs, out, stages=2, prefix_reuse=True)
+    cfg["train"]["update"]["monitor_estimator"] = "exact"  # the default monitor: kl_reference/exact_kl in the actors
     cfg["placement"] = placement
     if placement == "ray":
         cfg["ray"] = RAY_SECTION
@@ -91,6 +92,7 @@ def test_ray_placement_equals_local(local_and_ray):
     assert sum(1 for r in rows if "agent" in r) == 6
     assert any(r.get("rollout/reused_tokens", 0) > 0 for r in rows)  # prefix reuse happened
     assert any(r.get("agent0/n_steps", 0) > 0 for r in rows)  # the agents were trained
+    assert any(r.get("agent1/n_rejected", 0) + r.get("agent0/n_rejected", 0) > 0 for r in rows)  # and rejected
     assert diff["mean_score_abs"] == 0.0
     assert diff["weights_rel"] <= 1e-6 and diff["metrics_abs"] <= 1e-5
 
