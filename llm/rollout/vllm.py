@@ -621,7 +621,7 @@ class VLLMBackend:
         state.valid = False  # until every chunk is in (a failure half way leaves mixed weights)
         self._set_label(agent, f"{self.names[agent]}:pushing")
         nbytes = count = 0
-        quiet = not full
+        quiet = True  # every commit covers only its chunk's layers: the rest staying as it is is intended
         for chunk in chunks:
             tensors = {}
             for n in chunk:

@@ -57,17 +57,17 @@ class TrainingMemory:
     params: int = field(metadata={"help": "parameters of the model (all, frozen included)"})
     trainable: int = field(metadata={"help": "trainable parameters (LoRA: the adapters only)"})
     dtype: str = field(default="float32", metadata={"help": "training dtype (float32, bfloat16, float16)"})
-    trust_region: bool = field(
-        default=True, metadata={"help": "finite delta: a snapshot of the trainable parameters and optimizer state is taken"}
-    )
-    reference: str = field(
-        default="none", metadata={"help": "KL reference kept on the device: none (update-start log-probs) or model (a frozen copy)"}
-    )
-    activation_gib: float = field(default=0.0, metadata={"help": "activations of one micro-batch's backward pass (GiB)"})
+    trust_region: bool = field(default=True, metadata={
+        "help": "finite delta: a snapshot of the trainable parameters and optimizer state is taken"})
+    reference: str = field(default="none", metadata={
+        "help": "KL reference kept on the device: none (update-start log-probs) or model (a frozen copy)"})
+    activation_gib: float = field(default=0.0, metadata={
+        "help": "activations of one micro-batch's backward pass (GiB)"})
 
     def __post_init__(self) -> None:
         if self.params < 1 or not 0 <= self.trainable <= self.params:
-            raise ValueError(f"TrainingMemory: need params >= 1 and 0 <= trainable <= params, got {self.params}, {self.trainable}")
+            raise ValueError(f"TrainingMemory: need params >= 1 and 0 <= trainable <= params, got {self.params}, "
+                             f"{self.trainable}")
         if self.dtype not in DTYPE_BYTES:
             raise ValueError(f"TrainingMemory.dtype must be one of {sorted(DTYPE_BYTES)}, got {self.dtype!r}")
         if self.reference not in REFERENCES:
@@ -97,14 +97,17 @@ class EngineMemory:
     """One agent's vLLM engine as the budget sees it."""
 
     gpu_memory_utilization: float = field(metadata={"help": "vLLM's fraction of each of its devices"})
-    kv_cache_gib: float | None = field(default=None, metadata={"help": "explicit KV cache (vLLM then ignores the fraction for it)"})
+    kv_cache_gib: float | None = field(default=None, metadata={
+        "help": "explicit KV cache (vLLM then ignores the fraction for it)"})
     weight_bytes: int = field(default=0, metadata={"help": "engine weights in the engine dtype (used with kv_cache_gib)"})
     sleeps_between_calls: bool = field(default=False, metadata={"help": "asleep except while it generates"})
-    overhead_gib: float = field(default=1.0, metadata={"help": "what an engine process keeps even asleep (CUDA context)"})
+    overhead_gib: float = field(default=1.0, metadata={
+        "help": "what an engine process keeps even asleep (CUDA context)"})
 
     def __post_init__(self) -> None:
         if not 0 < self.gpu_memory_utilization < 1:
-            raise ValueError(f"EngineMemory.gpu_memory_utilization must be in (0, 1), got {self.gpu_memory_utilization}")
+            raise ValueError(f"EngineMemory.gpu_memory_utilization must be in (0, 1), got "
+                             f"{self.gpu_memory_utilization}")
 
     def awake_bytes(self, total: int, tp: int) -> int:
         if self.kv_cache_gib is None:

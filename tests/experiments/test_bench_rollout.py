@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.bench_rollout import BenchConfig, logprob_gap, ratios, spread
+from experiments.bench_rollout import BenchConfig, logprob_gap, ratios
 from llm.rollout.base import Generation, SamplingConfig
 
 
@@ -14,18 +14,17 @@ def _row(backend, setting, seed, tps):
     return {"backend": backend, "setting": setting, "seed": seed, "tokens_per_s": tps}
 
 
-def test_ratios_fixed_and_per_seed_with_spread():
+def test_ratios_per_setting_and_seed_with_spread():
     rows = [_row("hf", "fixed", 0, 20.0), _row("vllm", "fixed", 0, 50.0),
             _row("hf", "natural", 0, 20.0), _row("vllm", "natural", 0, 40.0),
             _row("hf", "natural", 1, 25.0), _row("vllm", "natural", 1, 25.0),
             _row("hf", "natural", 2, 10.0), _row("vllm", "natural", 2, 30.0)]
     r = ratios(rows)
-    assert r["fixed"] == pytest.approx(2.5)
-    assert r["natural_per_seed"] == {0: 2.0, 1: 1.0, 2: 3.0}
+    assert r["fixed"]["per_seed"] == {0: 2.5} and r["fixed"]["std"] == 0.0
+    assert r["natural"]["per_seed"] == {0: 2.0, 1: 1.0, 2: 3.0}
     assert r["natural"]["mean"] == pytest.approx(2.0) and r["natural"]["std"] == pytest.approx(1.0)
     assert (r["natural"]["min"], r["natural"]["max"], r["natural"]["n"]) == (1.0, 3.0, 3)
     assert ratios([_row("hf", "fixed", 0, 1.0)]) == {}
-    assert spread([4.0])["std"] == 0.0
 
 
 class _Logits(torch.nn.Module):

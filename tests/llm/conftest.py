@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from llm.rewards.base import Grade
 
@@ -215,3 +216,18 @@ def ray_cluster():
     ensure_ray(RaySection(num_cpus=2, object_store_memory_mb=200))
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def tiny_qwen3_model():
+    """``build(seed=0)``: a tiny in-memory Qwen3 causal LM (vocab 64, 2 layers, tied embeddings, no
+    tokenizer) for tests of weight bookkeeping that need real module and parameter names."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    def build(seed: int = 0):
+        torch.manual_seed(seed)
+        cfg = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, tie_word_embeddings=True)
+        return Qwen3ForCausalLM(cfg).eval()
+
+    return build

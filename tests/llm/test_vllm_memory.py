@@ -108,17 +108,13 @@ def test_unlisted_devices_are_not_checked_and_bad_inputs_fail():
         TrainingMemory(params=1, trainable=2)
 
 
-def test_counts_from_a_model_and_from_its_config_agree(tmp_path):
+def test_counts_from_a_model_and_from_its_config_agree(tmp_path, tiny_qwen3_model):
     """Parameter counts without loading the weights (meta device) equal the loaded model's; LoRA counts
     r * (in + out) per targeted layer, like peft."""
     peft = pytest.importorskip("peft")
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
     from llm.rollout.vllm_memory import count_parameters, training_memory_of
 
-    cfg = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, head_dim=16, tie_word_embeddings=True)
-    model = Qwen3ForCausalLM(cfg)
+    model = tiny_qwen3_model()
     model.save_pretrained(tmp_path)
     loaded = training_memory_of(model)
     assert count_parameters(str(tmp_path)) == (loaded.params, loaded.trainable)

@@ -99,15 +99,6 @@ class FakeLLM:
                 for _ in inputs]
 
 
-def _tiny_qwen3(seed: int = 0):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, head_dim=16, tie_word_embeddings=True)
-    return Qwen3ForCausalLM(cfg).eval()
-
-
 @pytest.fixture
 def fake_vllm(monkeypatch):
     """``vllm`` replaced by the fake; a sleep-capable platform of ``device_type`` (default cpu)."""
@@ -135,9 +126,9 @@ def _step(model, scale: float = 0.1, where: str = "model.layers.1.self_attn.q_pr
         dict(model.named_parameters())[where].add_(scale)
 
 
-def test_level2_sleep_between_calls_never_serves_discarded_weights(fake_vllm):
+def test_level2_sleep_between_calls_never_serves_discarded_weights(fake_vllm, tiny_qwen3_model):
     """The issue's bug: an agent speaking twice without an update after a level-2 sleep."""
-    model = _tiny_qwen3()
+    model = tiny_qwen3_model()
     backend = _backend(model, enable_sleep_mode=True, sleep_level=2, sleep_between_calls=True)
     engine = FakeLLM.started[0]
     expected = checksum(model.named_parameters())
@@ -147,8 +138,8 @@ def test_level2_sleep_between_calls_never_serves_discarded_weights(fake_vllm):
     assert backend.push_stats.pushes[0] == 2 and backend.push_stats.tensors[0] == 2 * len(engine.weights)
 
 
-def test_level1_push_to_a_sleeping_engine_wakes_only_weights_sends_only_changes_and_sleeps_again(fake_vllm):
-    model = _tiny_qwen3()
+def test_level1_push_to_a_sleeping_engine_wakes_only_weights_sends_only_changes_and_sleeps_again(fake_vllm, tiny_qwen3_model):
+    model = tiny_qwen3_model()
     backend = _backend(model, enable_sleep_mode=True, sleep_level=1, sleep_between_calls=True)
     engine = FakeLLM.started[0]
     backend.update_weights(0, model.named_parameters())  # first push: everything (the checkpoint may be older)
@@ -164,8 +155,8 @@ def test_level1_push_to_a_sleeping_engine_wakes_only_weights_sends_only_changes_
     assert _served(backend) == pytest.approx(checksum(model.named_parameters()))
 
 
-def test_level2_push_while_asleep_waits_for_the_wake_up(fake_vllm):
-    model = _tiny_qwen3()
+def test_level2_push_while_asleep_waits_for_the_wake_up(fake_vllm, tiny_qwen3_model):
+    model = tiny_qwen3_model()
     backend = _backend(model, enable_sleep_mode=True, sleep_level=2)
     backend.update_weights(0, model.named_parameters())
     backend.sleep(0)
@@ -179,8 +170,8 @@ def test_level2_push_while_asleep_waits_for_the_wake_up(fake_vllm):
     assert _served(backend) == pytest.approx(checksum(model.named_parameters()))
 
 
-def test_a_changed_training_model_is_pushed_before_generating_even_without_update_weights(fake_vllm):
-    model = _tiny_qwen3()
+def test_a_changed_training_model_is_pushed_before_generating_even_without_update_weights(fake_vllm, tiny_qwen3_model):
+    model = tiny_qwen3_model()
     backend = _backend(model)
     assert _served(backend) == pytest.approx(checksum(model.named_parameters()))
     _step(model, where="model.layers.0.mlp.down_proj.weight")
@@ -191,10 +182,10 @@ def test_a_changed_training_model_is_pushed_before_generating_even_without_updat
     assert backend.push_stats.pushes[0] == pushes  # nothing changed: nothing sent
 
 
-def test_without_the_training_model_discarded_weights_are_refused(fake_vllm):
-    model = _tiny_qwen3()
+def test_without_the_training_model_discarded_weights_are_refused(fake_vllm, tiny_qwen3_model):
+    model = tiny_qwen3_model()
     backend = _backend(model, enable_sleep_mode=True, sleep_level=2)
-    other = _tiny_qwen3(seed=1)
+    other = tiny_qwen3_model(seed=1)
     backend.update_weights(0, other.named_parameters())  # foreign tensors: the engine stops following `model`
     assert _served(backend) == pytest.approx(checksum(other.named_parameters()))
     backend.sleep(0)
@@ -206,9 +197,9 @@ def test_without_the_training_model_discarded_weights_are_refused(fake_vllm):
         vb.VLLMBackend(["/fake"], [[EOS]], VLLMEngineConfig(enable_sleep_mode=True, sleep_level=2))
 
 
-def test_the_engine_stamp_is_checked(fake_vllm):
+def test_the_engine_stamp_is_checked(fake_vllm, tiny_qwen3_model):
     """An output stamped with another weight version than the backend pushed is an error."""
-    model = _tiny_qwen3()
+    model = tiny_qwen3_model()
     backend = _backend(model)
     _served(backend)
     FakeLLM.started[0].label = "solver:v0"  # e.g. a push the backend does not know about
@@ -216,9 +207,9 @@ def test_the_engine_stamp_is_checked(fake_vllm):
         backend.generate(0, PROMPTS, SAMPLING)
 
 
-def test_lora_pushes_merged_adapted_layers_only(fake_vllm):
+def test_lora_pushes_merged_adapted_layers_only(fake_vllm, tiny_qwen3_model):
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(_tiny_qwen3(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
+    model = peft.get_peft_model(tiny_qwen3_model(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
                                                                 init_lora_weights=False))
     FakeLLM.checkpoint = {n: t.clone() for n, t in vb.merged_named_tensors(model)}
     backend = vb.VLLMBackend(["/fake"], [[EOS]], VLLMEngineConfig(dtype="float32"), source_models=[model])

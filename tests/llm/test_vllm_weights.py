@@ -18,15 +18,6 @@ from llm.rollout.vllm_weights import (
 PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
 
 
-def _tiny_qwen3(seed: int = 0):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, head_dim=16, tie_word_embeddings=True)
-    return Qwen3ForCausalLM(cfg).eval()
-
-
 def test_layer_keys_follow_vllm_fused_layers():
     assert layer_key("model.layers.3.self_attn.k_proj.weight", PACKED) == "model.layers.3.self_attn.qkv_proj"
     assert layer_key("model.layers.3.self_attn.k_proj.bias", PACKED) == "model.layers.3.self_attn.qkv_proj"
@@ -37,8 +28,8 @@ def test_layer_keys_follow_vllm_fused_layers():
     assert expand_to_layers(["model.layers.0.self_attn.q_proj.weight"], names, PACKED) == names[:6]
 
 
-def test_only_changed_layers_are_sent_and_fused_siblings_go_along():
-    model = _tiny_qwen3()
+def test_only_changed_layers_are_sent_and_fused_siblings_go_along(tiny_qwen3_model):
+    model = tiny_qwen3_model()
     sources = weight_sources(model)
     names = [s.name for s in sources]
     assert changed_names(sources, {}) == names  # never pushed: everything
@@ -57,13 +48,13 @@ def test_only_changed_layers_are_sent_and_fused_siblings_go_along():
         f"model.layers.0.mlp.{m}_proj.weight" for m in ("gate", "up", "down")}
 
 
-def test_lora_sends_merged_adapted_layers_only_after_a_step():
+def test_lora_sends_merged_adapted_layers_only_after_a_step(tiny_qwen3_model):
     peft = pytest.importorskip("peft")
-    base = _tiny_qwen3()
+    base = tiny_qwen3_model()
     model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                        init_lora_weights=False))
     sources = weight_sources(model)
-    plain = [n for n, _ in _tiny_qwen3().named_parameters()]
+    plain = [n for n, _ in tiny_qwen3_model().named_parameters()]
     assert [s.name for s in sources] == plain  # base names, tied lm_head once, no lora_ tensors
     pushed = {s.name: s.fingerprint() for s in sources}
     trainable = [p for p in model.parameters() if p.requires_grad]
