@@ -222,13 +222,16 @@ class TeamSampler:
                 sched = payload.schedules[traj]
                 if start[traj] <= turn < len(sched):
                     by_agent.setdefault(sched[turn], []).append(traj)
+            requests = []  # this turn's generate calls (independent: prompts depend on earlier turns only)
             for agent, trajs in sorted(by_agent.items()):
                 self._sync_weights(team, agent)
                 prompts = [self._prompt_ids(team, payload, t, turn) for t in trajs]
                 sampling = SamplingConfig(max_new_tokens=self.max_new_tokens or team[agent].max_new_tokens,
                                           temperature=self.temperature, top_p=self.top_p)
                 seed = int(self.rng.integers(0, 2**62))
-                gens: list[Generation] = self.backend.generate(agent, prompts, sampling, seed=seed)
+                requests.append((agent, trajs, prompts, sampling, seed))
+            results = self._generate_turn([(a, p, s, seed) for a, _, p, s, seed in requests])
+            for (agent, trajs, prompts, _, _), gens in zip(requests, results):
                 stats.generate_calls += 1
                 tok = team[agent].tokenizer
                 for traj, prompt, gen in zip(trajs, prompts, gens):
@@ -254,6 +257,14 @@ class TeamSampler:
         self.last_stats = stats
         self.history.append(stats)
         return batch
+
+    def _generate_turn(self, requests: list[tuple[int, list[list[int]], SamplingConfig, int]]) -> list[list[Generation]]:
+        """The generate calls ``(agent, prompts, sampling, seed)`` of one turn, in order. A backend
+        with ``generate_many`` (the Ray placement: one actor per agent) runs them concurrently."""
+        many = getattr(self.backend, "generate_many", None)
+        if callable(many):
+            return many(requests)
+        return [self.backend.generate(a, p, s, seed=seed) for a, p, s, seed in requests]
 
     @staticmethod
     def _to_batch(rows: list[_Row], payload: RolloutPayload) -> MessageBatch:

@@ -74,6 +74,12 @@ class LocalGroup:
     def call_rank0(self, method: str, *args: Any) -> Any:
         return getattr(self.worker, method)(*args)
 
+    def submit_rank0(self, method: str, *args: Any) -> Any:
+        return getattr(self.worker, method)(*args)
+
+    def collect(self, result: Any) -> Any:
+        return result
+
 
 class RayGroup:
     """The ``world_size`` Ray actors of one agent; every call goes to all ranks in parallel."""
@@ -100,7 +106,14 @@ class RayGroup:
         return self._get([getattr(h, method).remote(*a) for h, a in zip(self.handles, per_rank)])
 
     def call_rank0(self, method: str, *args: Any) -> Any:
-        return self._get([getattr(self.handles[0], method).remote(*args)])[0]
+        return self.collect(self.submit_rank0(method, *args))
+
+    def submit_rank0(self, method: str, *args: Any) -> Any:
+        """Start ``method`` on rank 0 without waiting; :meth:`collect` its result."""
+        return getattr(self.handles[0], method).remote(*args)
+
+    def collect(self, ref: Any) -> Any:
+        return self._get([ref])[0]
 
     def kill(self) -> None:
         """End the actors now (failure tests; :meth:`RemoteTeam.shutdown`)."""

@@ -11,7 +11,8 @@ The unchanged :func:`trust_region.stage.run_stage` sees
   actor (``state_dict`` is a handle to a snapshot kept there, which is all the core needs to undo a
   rejected step);
 - :class:`RemoteBackend` (``GenerationBackend``) for :class:`llm.sampler.TeamSampler`, which runs in
-  the driver: prompts are rendered here, each turn's generation runs in the speaking agent's actor.
+  the driver: prompts are rendered here, each turn's generation runs in the speaking agent's actor;
+  ``generate_many`` runs the calls of one turn (different agents, independent prompts) at once.
 
 Gradient clipping: ``trainable_parameters()`` is one 0-d driver-side *carrier* whose gradient the
 backward sets to the agent's true total gradient norm; the core's ``clip_grad_norm_`` scales it as it
@@ -63,7 +64,7 @@ class RemoteAgent:
     """Agent ``agent_id`` of the team, living in actor group ``group``.
 
     ``group`` has ``call(method, *args) -> [result per rank]``, ``call_each(method, [args per rank])``,
-    ``call_rank0(method, *args)`` and ``world_size`` (see :mod:`llm.distributed.placement`).
+    ``call_rank0(method, *args)``, ``submit_rank0`` / ``collect`` (start, then wait) and ``world_size`` (see :mod:`llm.distributed.placement`).
     The attributes the sampler reads (``name``, ``tokenizer``, ``system_prompt``,
     ``chat_template_kwargs``, ``max_new_tokens``) are the driver's copies (a tokenizer is no weight).
     """
@@ -150,10 +151,15 @@ class RemoteAgent:
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int | None) -> list[Generation]:
+        return self.group.collect(self.generate_submit(prompts, sampling, seed))
+
+    def generate_submit(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int | None) -> Any:
+        """Start a generation on rank 0 (after refreshing a sharded agent's engine); returns a
+        handle for ``group.collect``."""
         if self.group.world_size > 1 and self._engine_version != self._version:
             self.group.call("sync_engine")
             self._engine_version = self._version
-        return self.group.call_rank0("generate", prompts, sampling, seed)
+        return self.group.submit_rank0("generate", prompts, sampling, seed)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, weights: str, optimizer: str, metadata: dict[str, str] | None = None) -> None:
@@ -231,6 +237,13 @@ class RemoteBackend:
     def generate(self, agent: int, prompts: list[list[int]], sampling: SamplingConfig,
                  seed: int | None = None) -> list[Generation]:
         return self.agents[agent].generate(prompts, sampling, seed)
+
+    def generate_many(self, requests: list[tuple[int, list[list[int]], SamplingConfig, int | None]]
+                      ) -> list[list[Generation]]:
+        """The independent generate calls of one turn ``(agent, prompts, sampling, seed)``: every
+        agent's actor works at the same time; results in request order."""
+        pending = [self.agents[a].generate_submit(p, s, seed) for a, p, s, seed in requests]
+        return [self.agents[a].group.collect(ref) for (a, *_), ref in zip(requests, pending)]
 
     def update_weights(self, agent: int, named_tensors: Iterable[tuple[str, Tensor]]) -> None:
         """No-op: each actor refreshes its own engine after its weights change."""

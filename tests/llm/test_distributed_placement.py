@@ -1,5 +1,6 @@
 """``placement: ray`` against ``placement: local`` on the tiny 3-agent team (2 stages, intermediate
-mode with prefix reuse): same weights, metrics and rewards; a killed actor names its agent and the
+mode with prefix reuse, round-robin router so that one turn's generations run in several actors at
+once, exact-KL monitor): same weights, metrics and rewards; a killed actor names its agent and the
 rerun of the same command ends where the uninterrupted run ends; a missing Ray gives the install
 command; the proxy layer alone (in-process workers) is bit-identical to the local agents."""
 
@@ -23,6 +24,7 @@ RAY_SECTION = {"default": {"num_cpus": 0.5}}  # 3 agents on the 2-CPU test clust
 def tiny_config(tiny_model_dirs, tiny_run_config, out, placement: str) -> dict:
     cfg = tiny_run_config(tiny_model_dirs, out, stages=2, prefix_reuse=True)
     cfg["train"]["update"]["monitor_estimator"] = "exact"  # the default monitor: kl_reference/exact_kl in the actors
+    cfg["team"]["router"] = {"kind": "round_robin", "rounds": 1}  # several agents per turn: concurrent actors
     cfg["placement"] = placement
     if placement == "ray":
         cfg["ray"] = RAY_SECTION
