@@ -3,7 +3,8 @@
 Checks: the core's unchanged ``update_agent`` on the sharded agent (through the driver proxies)
 gives the same weights, log-probs and report as on the unsharded agent in this process; the rank-0
 checkpoint (full safetensors + optimizer state in the local format) resumes into the local
-placement, and the next update continues identically on both.
+placement, and the next update continues identically on both; and a local checkpoint loads back
+into the sharded agent, again continuing identically.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llm.checkpoint import load_trainable
+from llm.checkpoint import atomic_save_safetensors, atomic_torch_save, load_trainable
 
 pytest.importorskip("ray")
 
@@ -126,3 +127,17 @@ def test_sharded_update_equals_unsharded_and_resumes_into_local(sharded, tmp_pat
     print(f"after resuming the sharded checkpoint locally + one more update: global rel {glob2:.2e}, "
           f"max per-tensor rel {per2:.2e}")
     assert glob2 <= 1e-6
+
+    # and back: the local agent's checkpoint (local format) loads into the sharded agent
+    atomic_save_safetensors(ckpt / "w3.safetensors", dict(team_2[0].named_trainable_parameters()))
+    atomic_torch_save(ckpt / "o3.pt", opts_2[0].state_dict())
+    agent_r.load(str(ckpt / "w3.safetensors"), str(ckpt / "o3.pt"))
+    batch3 = random_batch(3, vocab, seed=3)
+    rep_3, rep_r3 = one_update(team_2[0], opts_2[0], batch3), one_update(agent_r, opt_r, batch3)
+    assert rep_3.n_steps == rep_r3.n_steps and rep_3.n_rejected == rep_r3.n_rejected
+    agent_r.save(str(ckpt / "w4.safetensors"), str(ckpt / "o4.pt"))
+    glob3, per3 = rel_diff(load_file(str(ckpt / "w4.safetensors")),
+                           {n: p.detach() for n, p in team_2[0].named_trainable_parameters()})
+    print(f"local checkpoint resumed into the sharded agent + one more update: global rel {glob3:.2e}, "
+          f"max per-tensor rel {per3:.2e}")
+    assert glob3 <= 1e-6
