@@ -131,9 +131,7 @@ def _tuple(value: Any, tp: Any, where: str) -> tuple:
 
 def _list(value: Any, tp: Any, where: str) -> list:
     args = get_args(tp)
-    if not isinstance(value, (list, tuple)):
-        raise _fail(where, tp, value)
-    return [coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    return list(_tuple(value, tuple[args[0], ...] if args else tuple, where))
 
 
 def _dict(value: Any, tp: Any, where: str) -> dict:
