@@ -57,6 +57,7 @@ def draw_map(cells: list[dict], mode: str, out: Path, name: str) -> list[Path]:
                         grid[i, j] = c[f"d_{mode}_mean"]
                         sig[i, j] = c[f"d_{mode}_sig"]
             im = ax.imshow(grid, cmap="RdBu", vmin=-scale, vmax=scale, origin="lower", aspect="auto")
+            ax.grid(False)
             for i in range(len(deltas)):
                 for j in range(len(ns)):
                     if sig[i, j] != 0:
@@ -77,7 +78,7 @@ def draw_map(cells: list[dict], mode: str, out: Path, name: str) -> list[Path]:
     label = {"intermediate": "intermediate − stale, equal updates",
              "token_matched": "token-matched − stale, equal generated actions"}[mode]
     fig.suptitle(f"paired exact ΔJ: {label} (o: CI > 0, x: CI < 0)", fontsize=6.5)
-    plt.subplots_adjust(hspace=0.35, wspace=0.25)
+    plt.subplots_adjust(hspace=0.35, wspace=0.25, top=1.0 - 0.45 / (0.95 * len(families) + 0.6))
     return save(fig, out, name)
 
 
@@ -96,11 +97,13 @@ def regime_penalty_scatter(results: Path, out: Path) -> list[Path]:
     from experiments.tabular_training import spearman
 
     cells = _cells(results)
-    fig, axes = new_figure(COLUMN_WIDTH, 2.0, 1, 2, squeeze=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = new_figure(COLUMN_WIDTH * 1.5, 2.2, 1, 2, squeeze=False)
     families = list(dict.fromkeys(c["family"] for c in cells))
     colours = dict(zip(families, ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000"]))
     for ax, mode, title in zip(axes[0], ("intermediate", "token_matched"),
-                               ("intermediate − stale (equal updates)", "token-matched − stale (equal actions)")):
+                               ("interm. − stale, equal updates", "token-m. − stale, equal actions")):
         x = np.array([c["penalty_stale_rel"] for c in cells], dtype=float)
         y = np.array([c[f"d_{mode}_rel"] for c in cells], dtype=float)
         for family in families:
@@ -116,4 +119,5 @@ def regime_penalty_scatter(results: Path, out: Path) -> list[Path]:
         ax.tick_params(labelsize=5)
     axes[0, 0].set_ylabel("paired ΔJ / stale's total gain", fontsize=5.5)
     axes[0, 1].legend(fontsize=4.5, frameon=False, loc="best", markerscale=1.2)
+    plt.subplots_adjust(wspace=0.3)
     return save(fig, out, "regime_penalty_scatter")
