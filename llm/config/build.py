@@ -88,8 +88,9 @@ def _literal(value: Any, tp: Any, where: str) -> Any:
     raise _fail(where, tp, value)
 
 
-def _bool(value: Any, tp: Any, where: str) -> bool:
-    if isinstance(value, bool):
+def _exactly(value: Any, tp: Any, where: str) -> Any:
+    """bool and str: only values of that very type (no "no" for false, no 3 for "3")."""
+    if isinstance(value, tp):
         return value
     raise _fail(where, tp, value)
 
@@ -107,12 +108,6 @@ def _float(value: Any, tp: Any, where: str) -> float:
         return float(value)
     if isinstance(value, str) and _NUMBER.match(value.strip()):  # PyYAML reads 1e-3 as a string
         return float(value.strip())
-    raise _fail(where, tp, value)
-
-
-def _str(value: Any, tp: Any, where: str) -> str:
-    if isinstance(value, str):
-        return value
     raise _fail(where, tp, value)
 
 
@@ -152,7 +147,7 @@ def _section(value: Any, tp: Any, where: str) -> Any:
 
 #: type (or generic origin) -> converter(value, type, where)
 CONVERTERS: dict[Any, Callable[[Any, Any, str], Any]] = {
-    Literal: _literal, bool: _bool, int: _int, float: _float, str: _str, tuple: _tuple, list: _list, dict: _dict,
+    Literal: _literal, bool: _exactly, int: _int, float: _float, str: _exactly, tuple: _tuple, list: _list, dict: _dict,
 }
 
 
