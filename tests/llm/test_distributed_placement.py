@@ -160,3 +160,18 @@ def test_proxies_over_in_process_workers_match_local(tiny_model_dirs, tiny_run_c
         outs[mode] = out
     diff = compare(outs["proxied"], outs["local"])
     assert diff == {"weights_rel": 0.0, "metrics_abs": 0.0, "mean_score_abs": 0.0}
+
+
+def test_ray_example_configs_validate():
+    from pathlib import Path
+
+    from llm.train.config import load_config
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    gpus = {}
+    for name in ("teamtr_3x8b_ray.yaml", "teamtr_1p7b_8b_14b_ray.yaml"):
+        cfg = load_config(root / name)
+        assert cfg.placement == "ray" and all(a.device == "cuda:0" for a in cfg.team.agents)
+        res = [cfg.ray.resources(a.name) for a in cfg.team.agents]
+        gpus[name] = sum(r.num_gpus * r.world_size + r.engine_gpus for r in res)
+    assert gpus == {"teamtr_3x8b_ray.yaml": 9, "teamtr_1p7b_8b_14b_ray.yaml": 5}  # docs/distributed.md
