@@ -94,7 +94,7 @@ class RegimeConfig:
     seeds: int = field(default=5, metadata=_help("seeds per core mode in the key cells (extra_rounds x extra_orders)"))
     other_seeds: int = field(default=3, metadata=_help("seeds per core mode in the other cells (cost)"))
     large_n: int = field(default=16, metadata=_help("cells with N >= large_n use at most large_n_seeds seeds"))
-    large_n_seeds: int = field(default=3, metadata=_help("seeds for N >= large_n in the key cells (cost)"))
+    large_n_seeds: int = field(default=5, metadata=_help("seeds for N >= large_n in the key cells (cost)"))
     large_n_other_seeds: int = field(default=2, metadata=_help("seeds for N >= large_n in the other cells (cost)"))
     extra_modes: tuple[str, ...] = field(default=EXTRA_MODES, metadata=_help(
         "further modes (keys of tabular_training.MODE_SPECS), run only in the extra cells"))
