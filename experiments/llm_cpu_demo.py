@@ -85,7 +85,7 @@ def eval_tokens(eval_dir: Path) -> int | None:
     if not path.is_file():
         return None
     text = json.loads(path.read_text(encoding="utf-8"))
-    found = re.findall(r'"tokens": (\d+)', json.dumps(text))
+    found = re.findall(r'"generated_tokens": (\d+)', json.dumps(text))
     return sum(int(t) for t in found) if found else None
 
 

@@ -28,6 +28,7 @@ def llm_cpu_demo(results: Path, out: Path) -> list[Path]:
         xs = [int(r["update"]) for r in rows]
         ys = [float(r["reward_before"]) for r in rows]
         left.plot(xs, ys, "o-", color=colours[name], label=name, markersize=3)
+    left.xaxis.get_major_locator().set_params(integer=True)
     left.set_xlabel("agent update")
     left.set_ylabel("train reward before the update")
     left.legend(frameon=False)
@@ -40,6 +41,7 @@ def llm_cpu_demo(results: Path, out: Path) -> list[Path]:
                            fmt="o" if when == "after" else "s", color=colours[name], mfc="white" if k == 0 else None,
                            capsize=2, label=when if i == 0 else None)
     right.set_xticks(range(len(names)), names)
+    right.set_xlim(-0.5, len(names) - 0.5)
     right.set_ylabel("held-out accuracy (95% CI)")
     right.legend(frameon=False)
     return save(fig, out, "llm_cpu_demo")
