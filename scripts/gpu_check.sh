@@ -38,7 +38,7 @@ STEPS=(
   "bench_llm|240|$PY -m experiments.bench_llm $BENCH --no-progress --out $OUT/bench_llm"
   "stage_local|120|$PY scripts/gpu_check.py stage --device $DEVICE --placement local --out $OUT"
   "stage_ray|150|$PY scripts/gpu_check.py stage --device $DEVICE --placement ray --out $OUT"
-  "vllm|30|$PY -c \"import json,sys; import vllm; json.dump({'installed': True, 'version': vllm.__version__}, open(sys.argv[1],'w'))\" $OUT/vllm.json"
+  "vllm|240|$PY scripts/vllm_gpu_check.py --device $( [ "$DEVICE" = cpu ] && echo cpu || echo cuda:0 ) --out $OUT"
 )
 mkdir -p "$OUT"
 STATUS="{"
@@ -49,8 +49,8 @@ for step in "${STEPS[@]}"; do
   start=$(date +%s)
   timeout "$limit" bash -c "$cmd" > "$OUT/$name.log" 2>&1
   rc=$?
-  if [ "$name" = vllm ] && [ $rc != 0 ]; then
-    echo '{"installed": false, "note": "vllm is not importable here; not run"}' > "$OUT/vllm.json"
+  if [ "$name" = vllm ] && [ $rc != 0 ] && [ ! -s "$OUT/vllm.json" ]; then
+    echo "{\"installed\": null, \"note\": \"scripts/vllm_gpu_check.py failed (rc $rc); see vllm.log\"}" > "$OUT/vllm.json"
   fi
   echo "   rc=$rc in $(( $(date +%s) - start ))s (log: $OUT/$name.log)"
   STATUS="$STATUS\"$name\": {\"rc\": $rc, \"seconds\": $(( $(date +%s) - start ))},"
