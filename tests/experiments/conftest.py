@@ -1,13 +1,9 @@
-"""Fixtures of the experiment tests: ``single_thread`` (autouse: one torch intra-op thread)."""
+"""Fixtures of the experiment tests: every test runs on one torch intra-op thread."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: intra-op threads only cost time (badly so on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(single_thread):
+    """Every test of this folder runs on one torch thread (``single_thread`` of tests/conftest.py)."""
     yield
-    torch.set_num_threads(n)

@@ -194,15 +194,6 @@ def make_trainer_plain():
     return lambda cfg, **kw: Trainer(config_from_dict(cfg), **kw)
 
 
-@pytest.fixture
-def one_thread():
-    """torch on one thread during the test (deterministic and fair on shared cores)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -101,7 +101,7 @@ def test_ray_placement_equals_local(local_and_ray):
 
 @pytest.mark.slow  # two more Ray runs (~2-4 min on 2 shared cores)
 def test_killed_actor_names_agent_and_rerun_resumes(local_and_ray, tiny_model_dirs, tiny_run_config, parity_grader,
-                                                   tmp_path, one_thread):
+                                                   tmp_path, single_thread):
     from llm.distributed.placement import AgentActorDied
 
     _, out_r = local_and_ray
@@ -143,7 +143,7 @@ def test_line_search_is_refused_with_ray(tiny_model_dirs, tiny_run_config, tmp_p
 
 
 def test_proxies_over_in_process_workers_match_local(tiny_model_dirs, tiny_run_config, parity_grader, tmp_path,
-                                                      one_thread, monkeypatch):
+                                                      single_thread, monkeypatch):
     """The proxy layer without Ray (world_size-1 workers in this process): bit-identical runs."""
     import llm.distributed.placement as placement
 

@@ -14,12 +14,7 @@ from llm.data.tasks import load_task
 from llm.team import LLMTeam
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: thread start-up dominates on 2 shared cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny matrices: threads only cost time
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ EXPECTED_EVENTS = {
 }
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _flat(agent) -> torch.Tensor:

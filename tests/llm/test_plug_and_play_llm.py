@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from trust_region_toy import single_thread  # noqa: F401  (autouse fixture)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,12 +24,9 @@ from trust_region.kl import categorical_kl
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: intra-op threads only cost time (badly so on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(single_thread):
+    """Every test of this folder runs on one torch thread (``single_thread`` of tests/conftest.py)."""
     yield
-    torch.set_num_threads(n)
 
 
 class ToyAgent(torch.nn.Module):
