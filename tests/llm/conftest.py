@@ -157,10 +157,8 @@ def make_tiny_run_config(dirs: dict[str, Path], output_dir: Path | str, **train:
                  "contamination_policy": "off"},
         "sampling": {"temperature": 1.0, "top_p": 1.0, "batch_size": 8},
         "train": {"stages": 2, "prompts_per_stage": 2, "group_size": 2, "mode": "intermediate", "seed": 0,
-                  # k1: the monitor these mechanics tests were written for (the core's default is now the
-                  # exact KL, which LLMAgent does not offer yet; its k3 fallback rejects every step here)
-                  "update": {"epochs": 1, "delta": 0.05, "beta": 0.001, "max_backtracks": 3,
-                             "monitor_estimator": "k1"}},
+                  # the default monitor: the exact full-vocabulary KL of LLMAgent
+                  "update": {"epochs": 1, "delta": 0.05, "beta": 0.001, "max_backtracks": 3}},
         "output_dir": str(output_dir),
         "progress": False,
     }
