@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from occupancy import bounds as B
 from occupancy.exact import evaluate, evaluate_stage
 from occupancy.projection import kl_ball_step, trust_region_stage
-from experiments.bound_check import optimise_direction
+from experiments.bound_check import _direction, optimise_direction
 from occupancy.instances import random_policy, random_team_mdp
 
 try:
@@ -46,17 +46,8 @@ def build_instance(source: str, n_agents: int, gamma: float, seed: int, rounds: 
 
 
 def direction_arg(kind: str, mdp, seed: int):
-    rng = np.random.default_rng(seed + 1)
-    if kind == "advantage":
-        return "intermediate"
-    if kind == "neg_advantage":
-        return lambda i, agent, prev, e0: -prev.A
-    if kind == "random":
-        noise = rng.normal(size=(mdp.n_states, mdp.n_actions))
-        return lambda i, agent, prev, e0: noise
-    ind = np.zeros((mdp.n_states, mdp.n_actions))
-    ind[np.arange(mdp.n_states), rng.integers(0, mdp.n_actions, mdp.n_states)] = 1.0
-    return lambda i, agent, prev, e0: ind
+    """The study's own direction builder (bound_check._direction), seeded per example."""
+    return _direction(kind, np.random.default_rng(seed + 1), mdp)
 
 
 instances = st.fixed_dictionaries({
