@@ -10,6 +10,9 @@ median(ray stage time) / median(local stage time) over the remaining stages. The
 alternately ``--repeats`` times in the same process, each on one torch thread per agent
 (``--threads``), so both see the same machine.
 
+It also times one driver-actor call carrying a message batch, as torch tensors and in the wire
+format (numpy arrays, :mod:`llm.distributed.wire`), next to a no-op call.
+
 Writes ``<out>/bench.json`` and ``bench.csv`` (+ ``config.json`` / ``seeds.json``; ``<out>``
 defaults to ``results/bench_placement``) and prints the table.
 """
@@ -72,6 +75,49 @@ def ping_ms(n: int = 30) -> float:
     return statistics.median(times)
 
 
+class _Echo:
+    """Receives a message batch and returns its log-prob rows (the shape of a log_probs call)."""
+
+    def call(self, data: Any) -> Any:
+        return data["behaviour_logp"]
+
+
+def wire_ms(messages: int = 32, tokens: int = 24, context: int = 96, n: int = 100) -> dict[str, float]:
+    """Median round trip (ms) of one call carrying a message batch of ``messages`` x ``tokens``
+    (context ``context``) to an actor that sends back its (messages, tokens) log-probs: as torch
+    tensors, as the wire format's numpy arrays (:mod:`llm.distributed.wire`), and a no-op call."""
+    import ray
+
+    from llm.distributed.wire import TENSOR_FIELDS, batch_to_wire, from_wire
+    from trust_region.batch import MessageBatch
+
+    g = torch.Generator().manual_seed(0)
+    m = messages
+    batch = MessageBatch(
+        trajectory=torch.arange(m), group=torch.arange(m) // 4, agent=torch.zeros(m, dtype=torch.long),
+        turn=torch.zeros(m, dtype=torch.long), context=torch.randint(0, 1000, (m, context), generator=g),
+        context_mask=torch.ones(m, context, dtype=torch.bool), tokens=torch.randint(0, 1000, (m, tokens), generator=g),
+        mask=torch.ones(m, tokens, dtype=torch.bool), behaviour_logp=-torch.rand(m, tokens, generator=g),
+        reward=torch.rand(m, generator=g), returns=torch.rand(m, generator=g), generated=torch.ones(m, dtype=torch.bool))
+    as_torch = {k: getattr(batch, k) for k in TENSOR_FIELDS}
+    as_wire = batch_to_wire(batch)
+    actor = ray.remote(_Echo).options(num_cpus=0).remote()
+    out: dict[str, float] = {}
+    cases = (("none", {"behaviour_logp": None}, None), ("torch", as_torch, None), ("wire", as_wire, from_wire))
+    for name, payload, decode in cases:
+        ray.get(actor.call.remote(payload))
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            got = ray.get(actor.call.remote(payload))
+            if decode is not None:
+                got = decode(got)
+            times.append(1e3 * (time.perf_counter() - t0))
+        out[name] = statistics.median(times)
+    ray.kill(actor)
+    return out
+
+
 def run_once(cfg: dict[str, Any], placement: str, out: Path, grader: Callable | None, threads: int,
              counts: dict[str, list[float]]) -> list[float]:
     cfg = copy.deepcopy(cfg)
@@ -107,7 +153,8 @@ def bench(cfg: dict[str, Any], grader: Callable | None, stages: int, repeats: in
     med = {p: statistics.median(t) for p, t in times.items()}
     trips = statistics.fmean(counts["round_trips_per_stage"])
     ping = ping_ms()
-    return {"stage_seconds": times, "median_stage_seconds": med, "overhead_ratio": med["ray"] / med["local"],
+    wire = wire_ms()
+    return {"wire_call_ms": wire, "stage_seconds": times, "median_stage_seconds": med, "overhead_ratio": med["ray"] / med["local"],
             "stages_timed_per_placement": len(times["local"]), "threads_per_agent": threads,
             "round_trips_per_stage": trips, "ping_ms": ping,
             "round_trip_seconds_per_stage": trips * ping / 1e3}
@@ -149,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['placement']:>9} {r['stages_timed']:>6} {r['median_stage_s']:>9.3f} {r['mean_stage_s']:>8.3f} "
               f"{r['ratio_vs_local']:>6.3f}")
     print(f"overhead ratio ray/local (median stage wall time): {result['overhead_ratio']:.3f}  (goal <= 1.1)")
+    w = result["wire_call_ms"]
+    print(f"one call with a 32 x 24 message batch: torch tensors {w['torch']:.2f} ms, wire arrays {w['wire']:.2f} ms, "
+          f"no payload {w['none']:.2f} ms")
     print(f"driver-actor round trips per stage: {result['round_trips_per_stage']:.0f}; idle-actor ping "
           f"{result['ping_ms']:.2f} ms; their product {result['round_trip_seconds_per_stage']:.3f} s per stage")
     return 0

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
-from llm.distributed.wire import batch_to_wire, rank_rows
+from llm.distributed.wire import batch_to_wire, from_wire, rank_rows, to_wire
 from llm.rollout.base import Generation, SamplingConfig
 from trust_region.batch import MessageBatch
 
@@ -43,7 +43,7 @@ class _RemoteLogProbs(torch.autograd.Function):
     """log-probs (m, T) of the agent's rows, computed remotely; backward is remote too."""
 
     @staticmethod
-    def forward(ctx, carrier: Tensor, agent: "RemoteAgent", data: dict[str, Tensor]) -> Tensor:
+    def forward(ctx, carrier: Tensor, agent: "RemoteAgent", data: dict[str, Any]) -> Tensor:
         ctx.agent = agent
         return agent._remote_log_probs(data, grad=True)
 
@@ -125,16 +125,16 @@ class RemoteAgent:
         return ()
 
     # ------------------------------------------------------------------ remote calls
-    def _remote_log_probs(self, data: dict[str, Tensor], grad: bool) -> Tensor:
+    def _remote_log_probs(self, data: dict[str, Any], grad: bool) -> Tensor:
         parts = self.group.call("log_probs", data, grad)
-        return torch.cat(parts, dim=0)
+        return torch.cat([from_wire(p) for p in parts], dim=0)
 
     def _remote_backward(self, grad: Tensor) -> float:
         n, ws = grad.shape[0], self.group.world_size
         args = []
         for r in range(ws):
             rows, n_real = rank_rows(n, ws, r)
-            args.append((grad[rows[:n_real]].detach().cpu().contiguous(), self._zero_pending))
+            args.append((to_wire(grad[rows[:n_real]]), self._zero_pending))
         norms = self.group.call_each("backward", args)
         self._zero_pending = False
         self._last_norm = float(norms[0])
@@ -185,7 +185,7 @@ class RemoteExactAgent(RemoteAgent):
         m, t = batch.tokens.shape
         parts = self.group.call("exact_kl", batch_to_wire(batch.select(own)), ref_id, direction)
         out = torch.zeros((m, t), dtype=torch.float64)
-        out[own] = torch.cat(parts, dim=0).to(torch.float64)
+        out[own] = torch.cat([from_wire(p) for p in parts], dim=0).to(torch.float64)
         return out
 
 

@@ -30,7 +30,7 @@ from torch import Tensor
 from llm.checkpoint import atomic_save_safetensors, atomic_torch_save, load_trainable
 from llm.config.sections import AgentConfig, SamplingSection, TeamConfig
 from llm.distributed import fsdp
-from llm.distributed.wire import batch_from_wire, rank_rows
+from llm.distributed.wire import batch_from_wire, from_wire, rank_rows, to_wire
 from llm.rollout.base import Generation, SamplingConfig
 from llm.team import LLMTeam
 from trust_region.interfaces import supports_exact_kl
@@ -114,25 +114,25 @@ class AgentWorker:
                 "threads": torch.get_num_threads()}
 
     # ------------------------------------------------------------------ log-probs and gradients
-    def _rows(self, data: dict[str, Tensor]):
+    def _rows(self, data: dict[str, Any]):
         batch = batch_from_wire(data)
         rows, n_real = rank_rows(len(batch), self.spec.world_size, self.spec.rank)
         return batch.select(torch.tensor(rows, dtype=torch.long)), n_real
 
-    def log_probs(self, data: dict[str, Tensor], grad: bool) -> Tensor:
-        """(n_real, T) log-probs of this rank's rows of the batch (CPU). With ``grad`` the graph is
-        kept for :meth:`backward` (only the latest one)."""
+    def log_probs(self, data: dict[str, Any], grad: bool) -> Any:
+        """(n_real, T) log-probs of this rank's rows of the batch (as :func:`~llm.distributed.wire.to_wire`).
+        With ``grad`` the graph is kept for :meth:`backward` (only the latest one)."""
         sub, n_real = self._rows(data)
         self._graph = None
         if grad:
             with torch.enable_grad():
                 out = self.agent.log_probs(sub)
             self._graph = (out, n_real)
-            return out[:n_real].detach().cpu()
+            return to_wire(out[:n_real])
         with torch.no_grad():
-            return self.agent.log_probs(sub)[:n_real].detach().cpu()
+            return to_wire(self.agent.log_probs(sub)[:n_real])
 
-    def backward(self, grad_rows: Tensor, zero_first: bool) -> float:
+    def backward(self, grad_rows: Any, zero_first: bool) -> float:
         """Back-propagate dL/dlogp of this rank's rows through the kept graph; returns the total
         gradient norm of the agent's trainable parameters (all ranks together)."""
         if self._graph is None:
@@ -142,7 +142,7 @@ class AgentWorker:
         if zero_first:
             self.optimizer.zero_grad(set_to_none=True)
         g = torch.zeros_like(out)
-        g[:n_real] = grad_rows.to(g.device, g.dtype)
+        g[:n_real] = from_wire(grad_rows).to(g.device, g.dtype)
         out.backward(g)
         return float(self._grad_norm())
 
@@ -206,19 +206,19 @@ class AgentWorker:
         self.optimizer.load_state_dict(copy.deepcopy(self._get("optimizer", snap_id)))
 
     # ------------------------------------------------------------------ exact KL monitor
-    def kl_reference(self, data: dict[str, Tensor]) -> int:
+    def kl_reference(self, data: dict[str, Any]) -> int:
         self._sharded()
         sub, _ = self._rows(data)
         self._next_id += 1
         self._kl_refs = (self._next_id, self.agent.kl_reference(sub))
         return self._next_id
 
-    def exact_kl(self, data: dict[str, Tensor], ref_id: int, direction: str) -> Tensor:
+    def exact_kl(self, data: dict[str, Any], ref_id: int, direction: str) -> Any:
         if self._kl_refs is None or self._kl_refs[0] != ref_id:
             raise RuntimeError(f"agent {self.agent.name!r}: KL reference {ref_id} is gone (only the latest is kept)")
         sub, n_real = self._rows(data)
         with torch.no_grad():
-            return self.agent.exact_kl(sub, self._kl_refs[1], direction)[:n_real].detach().cpu()
+            return to_wire(self.agent.exact_kl(sub, self._kl_refs[1], direction)[:n_real])
 
     # ------------------------------------------------------------------ generation
     def sync_engine(self) -> None:
