@@ -137,10 +137,19 @@ def load_run_team(run_dir: str | Path, checkpoint: str | int = "latest",
     config = config if config is not None else read_run_config(run_dir)
     chosen = resolve_checkpoint(run_dir, checkpoint, n_agents=len(config.team.agents))
     team = LLMTeam.from_config(config.team, temperature=config.sampling.temperature)
+    load_checkpoint_weights(team, chosen)
+    return config, team, chosen
+
+
+def load_checkpoint_weights(team: LLMTeam, chosen: RunCheckpoint) -> dict[int, str]:
+    """Copy the checkpoint's trainable parameters into ``team`` (agents whose file is None keep
+    their base weights); returns {agent: file loaded}."""
+    loaded = {}
     for j, rel in chosen.files.items():
         if rel is not None:
-            load_trainable(team[j], run_dir / rel, f"{run_dir}: {rel}")
-    return config, team, chosen
+            load_trainable(team[j], chosen.run_dir / rel, f"{chosen.run_dir}: {rel}")
+            loaded[j] = rel
+    return loaded
 
 
 def heldout_task(config: RunConfig, limit: int | None = None) -> Task:

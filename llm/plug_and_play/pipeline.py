@@ -60,12 +60,13 @@ from typing import Any
 import torch
 import yaml
 
-from llm.checkpoint import check_writable_dir, load_trainable, read_cursor, save_model_dir
+from llm.checkpoint import check_writable_dir, save_model_dir
 from llm.config.build import to_plain
 from llm.config.errors import ConfigError
 from llm.data.tasks import Task, load_task
 from llm.evaluate.config import EvalConfig
 from llm.evaluate.harness import evaluate
+from llm.export.run import load_checkpoint_weights, resolve_checkpoint
 from llm.models import load_model, load_tokenizer, preflight
 from llm.plug_and_play.config import PnPConfig
 from llm.plug_and_play.distill import best_row, check_shared_tokenizer, distill, measure_kl, perturb_weights
@@ -78,16 +79,13 @@ from llm.train.trainer import train
 
 
 def load_incumbent_weights(team: LLMTeam, run_dir: Path) -> dict[int, str]:
-    """Copy the latest checkpointed trainable parameters of an llm.train run into ``team``."""
+    """Copy the latest checkpointed trainable parameters of an llm.train run into ``team``
+    (:mod:`llm.export.run`, as ``llm.evaluate --run`` and ``llm.export`` read a run)."""
     try:
-        cursor = read_cursor(run_dir)
+        chosen = resolve_checkpoint(run_dir, "latest", n_agents=len(team))
     except ConfigError as err:
         raise ConfigError(f"incumbent_run: {err}", key="incumbent_run") from None
-    loaded = {}
-    for j, files in cursor["agents"].items():
-        load_trainable(team[int(j)], run_dir / files["weights"], f"incumbent_run: {files['weights']}")
-        loaded[int(j)] = files["weights"]
-    return loaded
+    return load_checkpoint_weights(team, chosen)
 
 
 def team_score(team, backend, problems, grader, sampling, group_size: int, seed: int) -> dict[str, float]:
