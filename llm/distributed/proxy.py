@@ -176,14 +176,20 @@ class RemoteAgent:
 class RemoteExactAgent(RemoteAgent):
     """A :class:`RemoteAgent` whose actor offers the exact KL monitor (``ExactKLPolicy``)."""
 
-    def kl_reference(self, batch: MessageBatch) -> tuple[int, Tensor]:
+    def kl_reference(self, batch: MessageBatch) -> tuple[int, Tensor, MessageBatch]:
+        """(reference id in the actor, this agent's rows, the batch): the actor keeps the rows with
+        the reference, so :meth:`exact_kl` on the same batch object sends no batch."""
         own = torch.nonzero(batch.agent == self.agent_id).flatten()
-        return self.group.call("kl_reference", batch_to_wire(batch.select(own)))[0], own
+        return self.group.call("kl_reference", batch_to_wire(batch.select(own)))[0], own, batch
 
-    def exact_kl(self, batch: MessageBatch, reference: tuple[int, Tensor], direction: str = "reverse") -> Tensor:
-        ref_id, own = reference
+    def exact_kl(self, batch: MessageBatch, reference: tuple[int, Tensor, MessageBatch],
+                 direction: str = "reverse") -> Tensor:
+        ref_id, own, captured_on = reference
+        if batch is not captured_on:
+            own = torch.nonzero(batch.agent == self.agent_id).flatten()
         m, t = batch.tokens.shape
-        parts = self.group.call("exact_kl", batch_to_wire(batch.select(own)), ref_id, direction)
+        data = None if batch is captured_on else batch_to_wire(batch.select(own))
+        parts = self.group.call("exact_kl", data, ref_id, direction)
         out = torch.zeros((m, t), dtype=torch.float64)
         out[own] = torch.cat([from_wire(p) for p in parts], dim=0).to(torch.float64)
         return out

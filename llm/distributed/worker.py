@@ -207,18 +207,24 @@ class AgentWorker:
 
     # ------------------------------------------------------------------ exact KL monitor
     def kl_reference(self, data: dict[str, Any]) -> int:
+        """Capture the exact monitor's reference on this rank's rows of ``data`` (kept with the rows:
+        :meth:`exact_kl` on the same batch needs no batch sent again); returns its id."""
         self._sharded()
-        sub, _ = self._rows(data)
+        sub, n_real = self._rows(data)
         self._next_id += 1
-        self._kl_refs = (self._next_id, self.agent.kl_reference(sub))
+        self._kl_refs = (self._next_id, self.agent.kl_reference(sub), sub, n_real)
         return self._next_id
 
-    def exact_kl(self, data: dict[str, Any], ref_id: int, direction: str) -> Any:
+    def exact_kl(self, data: dict[str, Any] | None, ref_id: int, direction: str) -> Any:
+        """(n_real, T) exact per-position KL against reference ``ref_id`` on ``data`` (None: the
+        batch the reference was captured on)."""
         if self._kl_refs is None or self._kl_refs[0] != ref_id:
             raise RuntimeError(f"agent {self.agent.name!r}: KL reference {ref_id} is gone (only the latest is kept)")
-        sub, n_real = self._rows(data)
+        _, reference, sub, n_real = self._kl_refs
+        if data is not None:
+            sub, n_real = self._rows(data)
         with torch.no_grad():
-            return to_wire(self.agent.exact_kl(sub, self._kl_refs[1], direction)[:n_real])
+            return to_wire(self.agent.exact_kl(sub, reference, direction)[:n_real])
 
     # ------------------------------------------------------------------ generation
     def sync_engine(self) -> None:
