@@ -11,7 +11,7 @@ alternately ``--repeats`` times in the same process, each on one torch thread pe
 (``--threads``), so both see the same machine.
 
 It also times one driver-actor call carrying a message batch, as torch tensors and in the wire
-format (numpy arrays, :mod:`llm.distributed.wire`), next to a no-op call.
+format (numpy arrays, :mod:`llm.distributed.wire`), next to a no-op call (the ping).
 
 Writes ``<out>/bench.json`` and ``bench.csv`` (+ ``config.json`` / ``seeds.json``; ``<out>``
 defaults to ``results/bench_placement``) and prints the table.
@@ -85,7 +85,8 @@ class _Echo:
 def wire_ms(messages: int = 32, tokens: int = 24, context: int = 96, n: int = 100) -> dict[str, float]:
     """Median round trip (ms) of one call carrying a message batch of ``messages`` x ``tokens``
     (context ``context``) to an actor that sends back its (messages, tokens) log-probs: as torch
-    tensors, as the wire format's numpy arrays (:mod:`llm.distributed.wire`), and a no-op call."""
+    tensors and as the wire format's numpy arrays (:mod:`llm.distributed.wire`); the no-op call is
+    :func:`ping_ms`."""
     import ray
 
     from llm.distributed.wire import TENSOR_FIELDS, batch_to_wire, from_wire
@@ -103,8 +104,7 @@ def wire_ms(messages: int = 32, tokens: int = 24, context: int = 96, n: int = 10
     as_wire = batch_to_wire(batch)
     actor = ray.remote(_Echo).options(num_cpus=0).remote()
     out: dict[str, float] = {}
-    cases = (("none", {"behaviour_logp": None}, None), ("torch", as_torch, None), ("wire", as_wire, from_wire))
-    for name, payload, decode in cases:
+    for name, payload, decode in (("torch", as_torch, None), ("wire", as_wire, from_wire)):
         ray.get(actor.call.remote(payload))
         times = []
         for _ in range(n):
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"overhead ratio ray/local (median stage wall time): {result['overhead_ratio']:.3f}  (goal <= 1.1)")
     w = result["wire_call_ms"]
     print(f"one call with a 32 x 24 message batch: torch tensors {w['torch']:.2f} ms, wire arrays {w['wire']:.2f} ms, "
-          f"no payload {w['none']:.2f} ms")
+          f"no payload (ping) {result['ping_ms']:.2f} ms")
     print(f"driver-actor round trips per stage: {result['round_trips_per_stage']:.0f}; idle-actor ping "
           f"{result['ping_ms']:.2f} ms; their product {result['round_trip_seconds_per_stage']:.3f} s per stage")
     return 0

@@ -185,10 +185,11 @@ class RemoteExactAgent(RemoteAgent):
     def exact_kl(self, batch: MessageBatch, reference: tuple[int, Tensor, MessageBatch],
                  direction: str = "reverse") -> Tensor:
         ref_id, own, captured_on = reference
+        data = None  # the actor has the rows of the batch the reference was captured on
         if batch is not captured_on:
             own = torch.nonzero(batch.agent == self.agent_id).flatten()
+            data = batch_to_wire(batch.select(own))
         m, t = batch.tokens.shape
-        data = None if batch is captured_on else batch_to_wire(batch.select(own))
         parts = self.group.call("exact_kl", data, ref_id, direction)
         out = torch.zeros((m, t), dtype=torch.float64)
         out[own] = torch.cat([from_wire(p) for p in parts], dim=0).to(torch.float64)

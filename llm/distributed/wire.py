@@ -3,16 +3,15 @@
 A :class:`trust_region.batch.MessageBatch` travels as a plain dict of its tensors (token ids, masks,
 log-probs, rewards; no texts, no weights). ``payload`` (texts, problems) stays with the driver.
 
-Tensors cross as numpy arrays (:func:`to_wire` / :func:`from_wire`): Ray serialises a numpy array
-as one raw buffer, a ``torch.Tensor`` through pickle, which cost ~2-3x more per call for the dict
-of a message batch (measured: ``python -m experiments.bench_placement --tiny`` prints both). Values are
-unchanged bit for bit; a dtype numpy lacks (bfloat16) travels as the tensor itself.
+Tensors cross as numpy arrays (:func:`to_wire` / :func:`from_wire`): Ray moves them for about a
+third of the cost of ``torch.Tensor`` objects (one call with a 32 x 24 message batch: 1.64 ms
+against 5.10 ms; ``python -m experiments.bench_placement`` prints both). Values are unchanged bit
+for bit; a dtype numpy lacks (bfloat16) travels as the tensor itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Any
 
 import numpy as np
